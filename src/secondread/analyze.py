@@ -1,0 +1,93 @@
+"""One study, end to end: load -> check -> detect -> localise -> read the record -> suggest -> report.
+
+Why: the command line, the demo and (later) the service and batch runner all analyse a study the
+same way; this module is that one way, so the faces stay thin.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SecondreadError
+from .explain import display_uint8, gradcam, hottest_region, overlay
+from .finding import Finding
+from .image import Image
+from .io import load_image
+from .report import build_report, write_report
+from .suggest import suggest
+
+# Modalities a chest radiograph model may be shown; others get a stated caveat, not a refusal.
+XRAY_MODALITIES = {"CR", "DX", "DR", "OT", "RG", ""}
+
+
+def domain_caveats(image: Image, bundle) -> list[str]:
+    """Reasons this image differs from what the model was trained on, stated in the report."""
+    caveats = []
+    if image.modality.upper() not in XRAY_MODALITIES:
+        caveats.append(f"the model was trained on chest radiographs; this image's modality is {image.modality}")
+    trained = tuple(bundle.config.get("input_shape", ()))
+    if trained and min(image.shape) > 4 * max(trained):
+        caveats.append(f"the image ({image.shape[0]} × {image.shape[1]} px) was reduced to the model's "
+                       f"{trained[0]} × {trained[1]} px; fine detail is not seen")
+    return caveats
+
+
+def detect(image: Image, bundle) -> tuple[Finding, np.ndarray | None]:
+    """Run the bundle on one 2D image; for a finding that crosses any operating point, add Grad-CAM."""
+    if image.pixels.ndim != 2:
+        raise SecondreadError(image.source, f"this model reads 2D images; got a volume of shape {image.shape}")
+    prob = float(bundle.predict_proba([image.pixels])[0])
+    points = {name: {"threshold": float(op["threshold"]), "crossed": prob >= float(op["threshold"])}
+              for name, op in bundle.operating_points.items()}
+    finding = Finding(label=bundle.finding, probability=prob, operating_points=points,
+                      positive=prob >= float(bundle.threshold))
+    if not any(op["crossed"] for op in points.values()):
+        return finding, None
+    batch = bundle.prepare(image.pixels)[None]
+    heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape)
+    finding.region = hottest_region(heat, image.spacing)
+    if finding.region:
+        finding.measurements = {k: finding.region[k] for k in ("area_px", "area_mm2") if k in finding.region}
+    return finding, heat
+
+
+def model_info(bundle) -> dict[str, Any]:
+    """What the report says about the model that spoke: enough to reproduce and to judge it."""
+    cfg = bundle.config
+    training = cfg.get("training", {})
+    return {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256,
+            "architecture": cfg.get("architecture"), "data": training.get("dataset", cfg.get("data_source")),
+            "validation": bundle.metrics, "operating_points": bundle.operating_points,
+            "threshold": bundle.threshold, "temperature": bundle.temperature}
+
+
+def image_info(image: Image) -> dict[str, Any]:
+    """Technical description of the input, with its file name only (no folders, no identifiers)."""
+    return {"name": Path(image.source).name, "modality": image.modality, "shape": list(image.shape),
+            "spacing": list(image.spacing) if image.spacing else None, "picture": "image.png"}
+
+
+def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
+                  record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Analyse one image file and write its report folder; return the report dict.
+
+    ``record`` is ``RecordFacts.to_dict()`` of the patient's note (or None).
+    """
+    image = load_image(path)
+    image.check_usable()
+    finding, heat = detect(image, bundle)
+    pictures = {"image.png": display_uint8(image.pixels)}
+    if heat is not None:
+        finding.heatmap, finding.overlay = "heatmap.png", "overlay.png"
+        pictures["heatmap.png"] = np.round(heat * 255).astype(np.uint8)
+        pictures["overlay.png"] = overlay(image.pixels, heat, finding.region)
+    facts = record["facts"] if record else None
+    suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
+    report = build_report(image_info=image_info(image), findings=[finding.to_dict()], record=record,
+                          suggestion=suggestion, model=model_info(bundle))
+    write_report(report, out_dir, pictures)
+    return report

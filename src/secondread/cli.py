@@ -1,0 +1,163 @@
+"""The ``secondread`` command: parse, call, print. Nothing else lives here.
+
+Every user-caused failure arrives as a ``SecondreadError`` and leaves as one line on stderr,
+``secondread: error: <file>: <problem>``, with exit code 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SecondreadError
+
+log = logging.getLogger("secondread")
+
+EXIT_FAILED = 1
+
+
+def _fail(exc: SecondreadError) -> None:
+    print(f"secondread: error: {exc.message}", file=sys.stderr)
+
+
+def _report_dirs(images: list[str], out: Path) -> list[Path]:
+    """One folder per image (named after its file, made unique); a single image writes into ``out``."""
+    if len(images) == 1:
+        return [out]
+    seen: dict[str, int] = {}
+    dirs = []
+    for path in images:
+        stem = Path(path.split("#")[0]).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return dirs
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze_image
+    from .models.bundle import load_bundle
+    from .records import extract_from_file
+
+    bundle = load_bundle(args.model)
+    record = extract_from_file(args.notes).to_dict() if args.notes else None
+    failed = 0
+    for path, out_dir in zip(args.images, _report_dirs(args.images, Path(args.out))):
+        try:
+            report = analyze_image(path, out_dir, bundle, record)
+        except SecondreadError as exc:
+            _fail(exc)
+            failed += 1
+            continue
+        if args.json:
+            from .report.build import to_json
+            print(to_json(report))
+        else:
+            s = report["suggestion"]
+            print(f"{path}: {s['finding']} p={s['probability']:.3f} "
+                  f"{'SUGGESTED' if s['suggested'] else 'not suggested'} -> {out_dir / 'report.html'}")
+    if failed:
+        print(f"secondread: {failed} of {len(args.images)} image(s) failed; the others were analysed",
+              file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_bundle
+
+    config = train_bundle(dataset=args.dataset, out=args.out, data_dir=args.data, epochs=args.epochs,
+                          seed=args.seed, limit=args.limit, progress=not args.quiet)
+    m = config["metrics"]
+    print(f"wrote {args.out}: validation AUC {m['auc']:.4f} "
+          f"(95% CI {m['auc_ci95'][0]:.4f}-{m['auc_ci95'][1]:.4f}), threshold {config['threshold']:.4f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.model, args.data, split=args.split, predictions=args.predictions)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for key in ("n", "auc", "auc_ci95", "accuracy", "accuracy_at_threshold", "threshold",
+                "sensitivity", "specificity", "ece"):
+        if key in result:
+            print(f"{key:>22}  {result[key]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=Path(args.out), data_dir=args.data, allow_download=not args.offline)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="secondread", description="A second reader for medical images. "
+                                "Decision support, not a diagnosis.")
+    p.add_argument("--version", action="version", version=f"secondread {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (never patient identifiers)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse images (PNG/JPEG/TIFF/PGM/DICOM) and write reports")
+    a.add_argument("images", nargs="+", metavar="IMAGE")
+    a.add_argument("--notes", metavar="NOTE.txt", help="the patient's free-text note")
+    a.add_argument("--model", default="pneumonia", help="bundle path or shipped name (default: pneumonia)")
+    a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
+    a.add_argument("--json", action="store_true", help="also print report.json to stdout")
+    a.set_defaults(func=cmd_analyze)
+
+    t = sub.add_parser("train", help="train a model bundle on a data set")
+    t.add_argument("--dataset", required=True, choices=["pneumoniamnist"])
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--data", metavar="PATH", help="data folder (default: $SECONDREAD_DATA or ../shared/data)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a bundle on a data split")
+    e.add_argument("--model", required=True, help="bundle path or shipped name")
+    e.add_argument("--data", required=True, metavar="FILE.npz")
+    e.add_argument("--split", default="val", choices=["train", "val", "test"])
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--predictions", metavar="OUT.csv", help="write id,label,probability per image")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="analyse real validation images with sample notes")
+    d.add_argument("--out", default="demo-output", metavar="DIR")
+    d.add_argument("--data", metavar="PATH", help="data folder (default: $SECONDREAD_DATA or ../shared/data)")
+    d.add_argument("--offline", action="store_true", help="never download PneumoniaMNIST")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="secondread: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except SecondreadError as exc:
+        _fail(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("secondread: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, no traceback, unless asked for
+        if os.environ.get("SECONDREAD_DEBUG"):
+            raise
+        print(f"secondread: internal error: {type(exc).__name__} (set SECONDREAD_DEBUG=1 for details)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Where the model looked: Grad-CAM heatmaps, the hottest region, and overlay images.
+
+Why: "pneumonia, 0.93" is half an answer; a reader must see which part of the image drove it and
+judge whether that is anatomy or artefact. Grad-CAM (Selvaraju et al., ICCV 2017) weights the last
+convolutional feature maps by the gradient of the finding's logit; MONAI computes it. MONAI's default
+post-processing maps (min, max) to (1, 0), which would flip the map, so we normalise ourselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from monai.visualize import GradCAM
+from monai.visualize.visualizer import default_upsampler
+from skimage import measure
+
+from .errors import SecondreadError
+
+
+class _AsColumn(torch.nn.Module):
+    """Present a one-logit model as ``[N, 1]`` class scores, the shape MONAI's CAM classes expect."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).reshape(x.shape[0], -1)
+
+
+def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
+    """Grad-CAM of the positive logit, upsampled (bilinear) to ``out_shape`` and scaled to [0, 1].
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network returning one logit per image.
+    layer : str
+        Name (as in ``model.named_modules()``) of the convolutional layer to explain.
+    batch : torch.Tensor
+        One preprocessed image, shape ``[1, C, H, W]``.
+    out_shape : tuple of int
+        Shape of the original image, so the map lies over the pixels the user sees.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 map of ``out_shape`` in [0, 1]; all zeros when no region raised the logit.
+    """
+    cam = GradCAM(nn_module=_AsColumn(model), target_layers=f"net.{layer}",
+                  upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),
+                  postprocessing=lambda x: x)
+    with torch.enable_grad():
+        raw = cam(batch.detach().clone().requires_grad_(True), class_idx=0)
+    heat = raw.detach().cpu().numpy()[0, 0].astype(np.float32)
+    heat = np.clip(heat, 0.0, None)
+    peak = float(heat.max())
+    return heat / peak if peak > 0 else np.zeros_like(heat)
+
+
+def hottest_region(heat: np.ndarray, spacing: tuple[float, ...] | None = None, level: float = 0.5) -> dict | None:
+    """The connected region around the map's peak where the map is at least ``level`` x its peak.
+
+    Returns a dict in image pixel coordinates (``x`` = column, ``y`` = row; ``x_max``/``y_max``
+    exclusive), the peak point, the region's area in pixels and, when ``spacing`` is known, in mm².
+    ``None`` when the map is empty.
+    """
+    if heat.max() <= 0:
+        return None
+    peak_row, peak_col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    labels = measure.label(heat >= level * float(heat.max()), connectivity=2)
+    region = next(r for r in measure.regionprops(labels) if r.label == labels[peak_row, peak_col])
+    r0, c0, r1, c1 = region.bbox
+    out = {"x_min": int(c0), "y_min": int(r0), "x_max": int(c1), "y_max": int(r1),
+           "peak": {"x": int(peak_col), "y": int(peak_row)}, "area_px": int(region.area),
+           "level": level, "source": "grad-cam"}
+    if spacing is not None:
+        out["area_mm2"] = round(float(region.area * spacing[0] * spacing[1]), 2)
+    return out
+
+
+def display_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Grey image as a viewer shows it, in 8 bits (the pixels are already after the VOI LUT)."""
+    lo, hi = float(pixels.min()), float(pixels.max())
+    unit = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    return np.round(unit * 255).astype(np.uint8)
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, region: dict | None = None, alpha: float = 0.4) -> np.ndarray:
+    """Colour overlay (RGB uint8): the image in grey, the map in OpenCV's JET colours, the box in green."""
+    grey = cv2.cvtColor(display_uint8(pixels), cv2.COLOR_GRAY2RGB)
+    colour = cv2.cvtColor(cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                          cv2.COLOR_BGR2RGB)
+    weight = (alpha * heat)[..., None]
+    out = np.round(grey * (1 - weight) + colour * weight).astype(np.uint8)
+    if region is not None:
+        thickness = max(1, round(max(pixels.shape) / 300))
+        cv2.rectangle(out, (region["x_min"], region["y_min"]), (region["x_max"] - 1, region["y_max"] - 1),
+                      (0, 255, 0), thickness)
+    return out
+
+
+def save_png(path: str | Path, rgb_or_grey: np.ndarray) -> Path:
+    """Write a PNG with OpenCV (RGB input), refusing silently failed writes."""
+    path = Path(path)
+    arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), arr):
+        raise SecondreadError(path, "could not write the PNG")
+    return path
