@@ -105,6 +105,9 @@ def test_context_flag(text, concept, flag):
         ("Atelectasis versus pneumonia.", [("atelectasis", {"uncertain"}), ("pneumonia", {"uncertain"})]),
         ("HIV negative.", [("immunosuppression", {"negated"})]),
         ("The wound was infiltrated with lidocaine.", []),
+        ("Breathing fast, with crackles and decreased breath sounds at the right base.",
+         [("tachypnoea", set()), ("crackles", set()), ("decreased_breath_sounds", set())]),
+        ("Lungs clear, no crackles.", [("crackles", {"negated"})]),
     ],
 )
 def test_sentences(text, expected):
@@ -211,6 +214,7 @@ def test_rule_files_are_medspacy_json_with_concepts_and_known_categories():
         "fever", "cough", "dyspnoea", "tachypnoea", "hypoxia", "chest_pain", "smoking", "asthma",
         "copd", "tuberculosis", "lung_cancer", "nodule", "immunosuppression",
         "recent_hospitalisation", "heart_failure", "cystic_fibrosis", "bronchiectasis",
+        "crackles", "decreased_breath_sounds",
     }
     assert required <= {r.metadata["concept"] for r in rules}
     assert notes.load_context_rules()
