@@ -6,18 +6,12 @@ repository) and skip, rather than fail, where that folder is absent.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Let `python -m pytest` work from a checkout whose venv lacks the editable install of the package.
-if importlib.util.find_spec("secondread") is None:
-    sys.path.insert(0, str(REPO / "src"))
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +19,7 @@ def data_root() -> Path:
     """The real data folder (``$SECONDREAD_DATA`` or ``<repo>/../shared/data``); skips if absent."""
     root = Path(os.environ.get("SECONDREAD_DATA") or REPO.parent / "shared" / "data")
     if not root.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data folder not found in CI: {root} (set SECONDREAD_DATA)")
         pytest.skip(f"real data folder not found: {root} (set SECONDREAD_DATA)")
     return root

@@ -9,15 +9,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-try:
-    import secondread  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from secondread.errors import SecondreadError
 from secondread.records import Fact, RecordFacts, extract_facts, extract_from_file, read_note

@@ -1,0 +1,186 @@
+"""The command line end to end, on real images, real notes and real bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image as PILImage
+
+from secondread.models.bundle import load_bundle
+
+NOTE = "No evidence of pneumonia. History of asthma.\n"
+IDENTIFIERS = ["Doe^Jane", "Jane", "ID-998877", "19610203", "ACC-5544"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "secondread", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc, names):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("secondread: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert names in lines[0]
+
+
+@pytest.fixture(scope="module")
+def val(data_root):
+    with np.load(data_root / "medmnist" / "pneumoniamnist.npz") as npz:
+        return npz["val_images"], npz["val_labels"].ravel()
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle("pneumonia")
+
+
+@pytest.fixture
+def cases(tmp_path, val, bundle):
+    """PNG files of a confident pneumonia and a confident normal validation image, and a note."""
+    images, labels = val
+    probs = bundle.predict_proba(list(images))
+    pos = int(np.flatnonzero(labels == 1)[np.argmax(probs[labels == 1])])
+    neg = int(np.flatnonzero(labels == 0)[np.argmin(probs[labels == 0])])
+    paths = {}
+    for name, idx in (("pneumonia", pos), ("normal", neg)):
+        paths[name] = tmp_path / f"{name}.png"
+        PILImage.fromarray(images[idx]).save(paths[name])
+        paths[name + "_p"] = float(probs[idx])
+    paths["note"] = tmp_path / "note.txt"
+    paths["note"].write_text(NOTE)
+    return paths
+
+
+def test_analyze_writes_the_report_contract(cases, tmp_path, bundle):
+    out = tmp_path / "report"
+    proc = run("analyze", cases["pneumonia"], "--notes", cases["note"], "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert json.loads(proc.stdout) == report
+    assert {"findings", "record", "suggestion", "model", "disclaimer"} <= set(report)
+    f = report["findings"][0]
+    assert f["label"] == "pneumonia" and f["positive"]
+    assert f["probability"] == pytest.approx(cases["pneumonia_p"], abs=1e-4)
+    assert (out / f["overlay"]).is_file() and (out / f["heatmap"]).is_file()
+    r = f["region"]
+    assert 0 <= r["x_min"] < r["x_max"] <= 28 and 0 <= r["y_min"] < r["y_max"] <= 28
+    overlay = np.asarray(PILImage.open(out / f["overlay"]))
+    assert overlay.shape == (28, 28, 3)
+    facts = {x["concept"]: x for x in report["record"]["facts"]}
+    assert facts["pneumonia"]["negated"] and not facts["pneumonia"]["historical"]
+    assert facts["asthma"]["historical"] and not facts["asthma"]["negated"]
+    s = report["suggestion"]
+    assert s["suggested"] and s["record_agrees"] is False  # the note denies what the image shows
+    assert s["uncertainty"]["reasons"]
+    assert report["model"]["name"] == "pneumonia" and len(report["model"]["sha256"]) == 64
+    assert "not a diagnosis" in report["disclaimer"]
+    html = (out / "report.html").read_text()
+    assert "not a diagnosis" in html and 'src="overlay.png"' in html and 'src="image.png"' in html
+
+
+def test_several_images_get_one_folder_each_and_a_bad_one_does_not_stop_the_rest(cases, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    out = tmp_path / "many"
+    proc = run("analyze", cases["normal"], bad, cases["pneumonia"], "--out", out)
+    assert_one_line_error(proc, "broken.png")
+    normal = json.loads((out / "normal" / "report.json").read_text())
+    assert not normal["suggestion"]["suggested"] and normal["findings"][0]["overlay"] is None
+    assert json.loads((out / "pneumonia" / "report.json").read_text())["suggestion"]["suggested"]
+    assert not (out / "broken").exists()
+
+
+def test_a_monochrome1_dicom_radiograph_is_analysed(data_root, tmp_path):
+    out = tmp_path / "cr"
+    proc = run("analyze", data_root / "dicom" / "RG3_UNCR.dcm", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["modality"] == "CR" and report["input"]["shape"] == [1760, 1760]
+    assert any("reduced" in r for r in report["suggestion"]["uncertainty"]["reasons"])
+
+
+def test_no_patient_identifier_reaches_outputs(data_root, tmp_path):
+    ds = pydicom.dcmread(data_root / "dicom" / "6154")
+    ds.PatientName, ds.PatientID = "Doe^Jane", "ID-998877"
+    ds.PatientBirthDate, ds.AccessionNumber = "19610203", "ACC-5544"
+    src = tmp_path / "study.dcm"
+    ds.save_as(src)
+    out = tmp_path / "private"
+    proc = run("-v", "analyze", src, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    texts = [proc.stdout, proc.stderr] + [p.read_text() for p in out.glob("*.*") if p.suffix in (".json", ".html")]
+    for text in texts:
+        for ident in IDENTIFIERS:
+            assert ident not in text
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda d: d / "missing.png", "missing.png"),
+    (lambda d: (d / "notes.txt").write_text("just text") and d / "notes.txt", "notes.txt"),
+    (lambda d: (d / "flat.png", PILImage.fromarray(np.full((28, 28), 7, np.uint8)).save(d / "flat.png"))[0], "flat.png"),
+])
+def test_bad_images_fail_in_one_line(tmp_path, make, name):
+    proc = run("analyze", make(tmp_path), "--out", tmp_path / "out")
+    assert_one_line_error(proc, name)
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_a_truncated_dicom_fails_in_one_line(data_root, tmp_path):
+    raw = (data_root / "dicom" / "CT_small.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[: len(raw) // 2])
+    assert_one_line_error(run("analyze", cut, "--out", tmp_path / "out"), "cut.dcm")
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", b"   \n"])
+def test_an_unreadable_note_fails_in_one_line(cases, tmp_path, content):
+    note = tmp_path / "bad-note.txt"
+    note.write_bytes(content)
+    proc = run("analyze", cases["normal"], "--notes", note, "--out", tmp_path / "out")
+    assert_one_line_error(proc, "bad-note.txt")
+
+
+def test_evaluate_json_and_predictions(data_root, tmp_path, val):
+    from sklearn.metrics import roc_auc_score
+    preds = tmp_path / "preds.csv"
+    proc = run("evaluate", "--model", "pneumonia", "--data", data_root / "medmnist" / "pneumoniamnist.npz",
+               "--split", "val", "--json", "--predictions", preds)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    rows = np.genfromtxt(preds, delimiter=",", names=True)
+    assert open(preds).readline().strip() == "id,label,probability"
+    assert result["n"] == len(rows) == 524
+    np.testing.assert_array_equal(rows["label"], val[1])
+    assert result["auc"] == pytest.approx(roc_auc_score(rows["label"], rows["probability"]), abs=1e-6)
+    assert result["auc"] >= 0.95
+    for key in ("accuracy", "accuracy_at_threshold", "sensitivity", "specificity"):
+        assert 0 <= result[key] <= 1
+
+
+def test_evaluate_on_a_withheld_split_says_so(data_root):
+    proc = run("evaluate", "--model", "pneumonia", "--data", data_root / "medmnist" / "pneumoniamnist.npz",
+               "--split", "test", "--json")
+    assert_one_line_error(proc, "pneumoniamnist.npz")
+
+
+def test_unknown_model_name_fails_in_one_line(cases, tmp_path):
+    proc = run("analyze", cases["normal"], "--model", "no-such-model", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "no-such-model")
+
+
+def test_demo_analyses_a_normal_and_a_pneumonia_case(data_root, tmp_path):
+    proc = run("demo", "--out", tmp_path / "demo", "--data", data_root, "--offline")
+    assert proc.returncode == 0, proc.stderr
+    assert "normal" in proc.stdout and "pneumonia" in proc.stdout
+    normal = json.loads((tmp_path / "demo" / "normal" / "report.json").read_text())
+    pneumonia = json.loads((tmp_path / "demo" / "pneumonia" / "report.json").read_text())
+    assert not normal["suggestion"]["suggested"] and pneumonia["suggestion"]["suggested"]
+    for case in ("normal", "pneumonia"):
+        assert str(tmp_path / "demo" / case / "report.html") in proc.stdout
