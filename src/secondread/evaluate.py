@@ -1,0 +1,216 @@
+"""Metrics, bootstrap confidence intervals, calibration and operating points for binary findings.
+
+Why: a second reader's figures must be comparable with the literature and honest about their
+uncertainty. AUC and accuracy are computed exactly as MedMNIST's evaluator does (so numbers match
+the MedMNIST v2 paper's protocol), everything else comes from scikit-learn, and every figure on a
+finite validation set carries a bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score, roc_auc_score, roc_curve
+
+from .errors import SecondreadError
+from .io import medmnist
+from .io.medmnist import load_split
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+# --- MedMNIST's own definitions --------------------------------------------------------------
+
+def _positive_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    """As MedMNIST's evaluator: squeeze, and take the last column of a 2-column score."""
+    y_true, y_score = np.asarray(y_true).squeeze(), np.asarray(y_score, dtype=np.float64).squeeze()
+    if y_score.ndim == 2:
+        y_score = y_score[:, -1]
+    return y_true.reshape(-1), y_score.reshape(-1)
+
+
+def medmnist_auc(y_true, y_score) -> float:
+    """AUC as ``medmnist.evaluator.getAUC`` for a binary task: ``roc_auc_score`` on the positive score."""
+    y_true, y_score = _positive_scores(y_true, y_score)
+    return float(roc_auc_score(y_true, y_score))
+
+
+def medmnist_accuracy(y_true, y_score, threshold: float = 0.5) -> float:
+    """Accuracy as ``medmnist.evaluator.getACC`` for a binary task: positive when score > threshold."""
+    y_true, y_score = _positive_scores(y_true, y_score)
+    return float(accuracy_score(y_true, y_score > threshold))
+
+
+# --- uncertainty and calibration -------------------------------------------------------------
+
+def bootstrap_auc_ci(y_true, y_score, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the AUC (cases resampled with replacement, seeded).
+
+    Resamples that happen to contain one class only are skipped, since AUC is undefined on them.
+    """
+    y_true, y_score = _positive_scores(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(resamples)):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        if len(np.unique(y_true[idx])) == 2:
+            values.append(roc_auc_score(y_true[idx], y_score[idx]))
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return [float(lo), float(hi)]
+
+
+def expected_calibration_error(y_true, probs, bins: int = 10) -> float:
+    """Expected calibration error of the positive-class probability over equal-width bins.
+
+    ``sum_b |B_b|/n * |mean(y in B_b) - mean(p in B_b)|`` with bins ``[0, 0.1), ..., [0.9, 1.0]``
+    (the last bin closed). A calibrated 0.8 should be right 80% of the time; ECE measures how far
+    off that is, weighted by how many cases fall in each bin (Guo et al., ICML 2017).
+    """
+    y, p = np.asarray(y_true, dtype=np.float64).reshape(-1), np.asarray(probs, dtype=np.float64).reshape(-1)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
+    return float(ece)
+
+
+def fit_temperature(logits, y_true) -> float:
+    """Temperature ``T`` minimising the validation NLL of ``sigmoid(logit / T)`` (LBFGS on log T).
+
+    Temperature scaling (Guo et al. 2017) changes no ranking and no decision at 0.5, only how
+    confident the probabilities are, so it can be fitted on validation without touching the AUC.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y_true), dtype=torch.float64)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+def _at_threshold(y_true, probs, threshold: float) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV, NPV and accuracy when ``p >= threshold`` counts as positive."""
+    y, pred = np.asarray(y_true).reshape(-1), (np.asarray(probs).reshape(-1) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {"threshold": float(threshold),
+            "sensitivity": float(recall_score(y, pred, pos_label=1, zero_division=0)),
+            "specificity": float(recall_score(y, pred, pos_label=0, zero_division=0)),
+            "ppv": float(precision_score(y, pred, pos_label=1, zero_division=0)),
+            "npv": float(precision_score(y, pred, pos_label=0, zero_division=0)),
+            "accuracy_at_threshold": float(accuracy_score(y, pred)),
+            "confusion": {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}}
+
+
+def operating_points(y_true, probs, screening_sensitivity: float = 0.95) -> dict[str, dict]:
+    """Thresholds chosen on validation: ``balanced`` (max Youden J) and ``screening`` (the highest
+    threshold whose sensitivity is at least ``screening_sensitivity``, and never stricter than
+    ``balanced``: where the balanced point is already that sensitive, screening uses it).
+
+    Why two: a second reader used to triage wants few missed cases (screening); one used to confirm
+    wants a balance. Both are stated with the sensitivity and specificity they achieved.
+    """
+    y, p = np.asarray(y_true).reshape(-1), np.asarray(probs, dtype=np.float64).reshape(-1)
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]  # drop the "nothing positive" point at +inf
+    balanced = thresholds[int(np.argmax(tpr - fpr))]
+    screening = thresholds[int(np.argmax(tpr >= screening_sensitivity))]
+    chosen = {"balanced": balanced, "screening": min(screening, balanced)}
+    out = {}
+    for name, t in chosen.items():
+        m = _at_threshold(y, p, float(t))
+        out[name] = {k: m[k] for k in ("threshold", "sensitivity", "specificity")}
+    return out
+
+
+def binary_metrics(y_true, probs, threshold: float) -> dict[str, Any]:
+    """The validation figures of a binary finding at ``threshold`` (``p >= threshold`` positive).
+
+    ``accuracy`` is MedMNIST's (``p > 0.5``); ``accuracy_at_threshold``, sensitivity, specificity,
+    PPV and NPV use ``threshold``; ``auc_ci95`` is a seeded percentile bootstrap.
+    """
+    y, p = _positive_scores(y_true, probs)
+    out: dict[str, Any] = {"n": int(len(y)), "n_positive": int((y == 1).sum()),
+                           "auc": medmnist_auc(y, p), "auc_ci95": bootstrap_auc_ci(y, p),
+                           "accuracy": medmnist_accuracy(y, p, 0.5)}
+    out.update(_at_threshold(y, p, threshold))
+    out["ece"] = expected_calibration_error(y, p)
+    return out
+
+
+# --- data and bundles --------------------------------------------------------------------------
+
+def locate(data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """An ``.npz`` path as given, or a MedMNIST name (``pneumoniamnist``) found in the data folder."""
+    path = Path(data)
+    if path.suffix == ".npz" or path.exists() or os.sep in str(data):
+        return path
+    return medmnist.locate(str(data), data_dir)
+
+
+def write_predictions(path: str | os.PathLike, labels, probs) -> Path:
+    """CSV ``id,label,probability`` (``id`` = index within the split), written via a temporary file
+    and an atomic rename so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "label", "probability"])
+            writer.writerows((i, int(y), repr(float(p))) for i, (y, p) in enumerate(zip(labels, probs)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: str = "val",
+                    predictions: str | os.PathLike | None = None,
+                    data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate a bundle (path or shipped name) on one split of a MedMNIST ``.npz``.
+
+    Returns ``binary_metrics`` at the bundle's threshold on its calibrated probabilities, the
+    sensitivity/specificity at each of its operating points, and which ``model`` (name, version,
+    sha256), ``data`` and ``split`` they describe. ``predictions`` writes the per-image CSV.
+    """
+    from .models.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    path = locate(data, data_dir)
+    images, labels = load_split(path, split)
+    if images.ndim != 3:
+        raise SecondreadError(path, f"expected 2D images [N, H, W], got shape {images.shape}")
+    if len(np.unique(labels)) != 2:
+        raise SecondreadError(path, f"the {split!r} split must contain both classes to compute an AUC")
+    probs = bundle.predict_proba(images)
+    out = binary_metrics(labels, probs, bundle.threshold)
+    out["operating_points"] = {name: {k: v for k, v in _at_threshold(labels, probs, op["threshold"]).items()
+                                      if k in ("threshold", "sensitivity", "specificity")}
+                               for name, op in bundle.operating_points.items()}
+    out.update(model={"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
+               data=path.name, split=split)
+    if predictions is not None:
+        write_predictions(predictions, labels, probs)
+        out["predictions"] = str(predictions)
+    return out

@@ -1,0 +1,12 @@
+"""Detection models: architectures (``nets``) and the model bundle (``bundle``).
+
+Why: a model is only meaningful together with the preprocessing it was trained with, its
+calibration, its operating points and its validation figures. The bundle carries all of them (as
+MONAI bundles do), so ``analyze`` and ``evaluate`` never have to guess. Shipped bundles live in
+``zoo/`` and are addressed by name (``load_bundle("pneumonia")``).
+"""
+
+from .bundle import Bundle, load_bundle, save_bundle, shipped_names
+from .nets import ARCHITECTURES, SeedCNN, build
+
+__all__ = ["ARCHITECTURES", "Bundle", "SeedCNN", "build", "load_bundle", "save_bundle", "shipped_names"]
