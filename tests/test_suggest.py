@@ -49,3 +49,10 @@ def test_negative_without_record_and_an_out_of_domain_caveat():
     assert not s["suggested"] and s["operating_point"] is None and s["record_agrees"] is None
     assert not s["evidence"]["record_given"]
     assert s["uncertainty"]["level"] == "moderate" and s["uncertainty"]["reasons"] == ["this image's modality is CT"]
+
+
+def test_statement_words_follow_the_decision():
+    neg = suggest(finding(0.001), [fact("fever", negated=True)], 0.5)["statement"]
+    assert "< 0.01" in neg and "The record agrees: no fever." in neg
+    pos = suggest(finding(0.999), [fact("pneumonia", uncertain=True), fact("fever", negated=True)], 0.5)["statement"]
+    assert "> 0.99" in pos and "supports it: possible pneumonia." in pos and "argues against it: no fever." in pos

@@ -44,7 +44,9 @@ class Finding:
     @property
     def crossed(self) -> list[str]:
         """Names of the operating points this probability reaches, most specific last."""
-        points = sorted(self.operating_points.items(), key=lambda kv: kv[1]["threshold"])
+        # ascending threshold; on a tie the more specific point (balanced) comes last
+        points = sorted(self.operating_points.items(),
+                        key=lambda kv: (kv[1]["threshold"], kv[0] != "screening"))
         return [name for name, op in points if op["crossed"]]
 
     def to_dict(self) -> dict[str, Any]:

@@ -80,21 +80,38 @@ def _uncertainty(finding: Finding, threshold: float, evidence: dict[str, list], 
                                  if k in validation}}
 
 
+def _p(p: float) -> str:
+    """A probability as a reader should see it: two decimals, never a false 0 or 1."""
+    return "> 0.99" if p > 0.995 else "< 0.01" if p < 0.005 else f"{p:.2f}"
+
+
+def _concepts(facts: list[dict[str, Any]], mark_uncertain: bool = True) -> str:
+    """Concept names, each once, with 'possible' where every mention in the note was uncertain."""
+    names: dict[str, bool] = {}
+    for f in facts:
+        names[f["concept"]] = names.get(f["concept"], True) and mark_uncertain and bool(f.get("uncertain"))
+    return ", ".join(f"possible {c}" if unsure else c for c, unsure in sorted(names.items()))
+
+
 def _statement(finding: Finding, threshold: float, evidence: dict[str, list]) -> str:
     """One or two sentences a clinician reads first."""
     p = finding.probability
     if finding.positive:
-        head = (f"The image suggests {finding.label} (calibrated probability {p:.2f}, above the "
+        head = (f"The image suggests {finding.label} (calibrated probability {_p(p)}, above the "
                 f"balanced operating point {threshold:.2f}); please review the highlighted region.")
     else:
-        head = f"The image model does not suggest {finding.label} (calibrated probability {p:.2f}, below {threshold:.2f})."
+        head = (f"The image model does not suggest {finding.label} (calibrated probability {_p(p)}, "
+                f"below {threshold:.2f}).")
+    present, absent = _concepts(evidence["supports"]), _concepts(evidence["contradicts"], mark_uncertain=False)
     parts = [head]
-    if evidence["supports"]:
-        parts.append("The record supports it: " + ", ".join(sorted({e["concept"] for e in evidence["supports"]})) + ".")
-    if evidence["contradicts"]:
-        parts.append("The record argues against it: no " + ", ".join(sorted({e["concept"] for e in evidence["contradicts"]})) + ".")
+    if present:
+        parts.append(("The record supports it: " if finding.positive else
+                      "Yet the record mentions signs of it: ") + present + ".")
+    if absent:
+        parts.append(("The record argues against it: no " if finding.positive else
+                      "The record agrees: no ") + absent + ".")
     if evidence["risk_factors"]:
-        parts.append("Risk factors in the record: " + ", ".join(sorted({e["concept"] for e in evidence["risk_factors"]})) + ".")
+        parts.append("Risk factors in the record: " + _concepts(evidence["risk_factors"]) + ".")
     return " ".join(parts)
 
 
