@@ -254,8 +254,11 @@ def extract_facts(text: str, area: str = "chest", source: str | None = None) -> 
 
 
 def extract_from_file(path: str | os.PathLike, area: str = "chest") -> RecordFacts:
-    """Read a note file and extract its facts; ``source`` is the path as given."""
-    return extract_facts(read_note(path), area=area, source=os.fspath(path))
+    """Read a note file and extract its facts; ``source`` is the file's name only.
+
+    Folder names often carry a patient's name or record number; a report needs only the file name.
+    """
+    return extract_facts(read_note(path), area=area, source=Path(path).name)
 
 
 def _fact(ent) -> Fact:

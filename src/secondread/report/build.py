@@ -46,6 +46,14 @@ _ENV = Environment(loader=PackageLoader("secondread.report", "templates"),
                    autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 
 
+def _prob(p: float) -> str:
+    """Three decimals, never a false certainty: 0.99996 shows as '> 0.999'."""
+    return "> 0.999" if p > 0.9995 else "< 0.001" if p < 0.0005 else f"{p:.3f}"
+
+
+_ENV.filters["prob"] = _prob
+
+
 def render_html(report: dict[str, Any]) -> str:
     """Render ``report.html`` from the report dict (autoescaped: note text cannot inject markup)."""
     return _ENV.get_template("report.html.j2").render(r=report)
