@@ -10,6 +10,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def format_probability(p: float, digits: int = 2) -> str:
+    """A probability as a reader should see it: never a false certainty of 0 or 1.
+
+    >>> format_probability(0.99996), format_probability(0.4321, 3)
+    ('> 0.99', '0.432')
+    """
+    edge = 10.0 ** -digits
+    if p > 1 - edge / 2:
+        return f"> {1 - edge:.{digits}f}"
+    if p < edge / 2:
+        return f"< {edge:.{digits}f}"
+    return f"{p:.{digits}f}"
+
+
 @dataclass
 class Finding:
     """One finding of one model on one image.

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .finding import Finding
+from .finding import Finding, format_probability
 
 BORDERLINE = 0.10  # |p - threshold| below this is called borderline
 CONFIDENT = 0.90   # p >= 0.90 or <= 0.10 (and not contradicted) is called high confidence
@@ -80,11 +80,6 @@ def _uncertainty(finding: Finding, threshold: float, evidence: dict[str, list], 
                                  if k in validation}}
 
 
-def _p(p: float) -> str:
-    """A probability as a reader should see it: two decimals, never a false 0 or 1."""
-    return "> 0.99" if p > 0.995 else "< 0.01" if p < 0.005 else f"{p:.2f}"
-
-
 def _concepts(facts: list[dict[str, Any]], mark_uncertain: bool = True) -> str:
     """Concept names, each once, with 'possible' where every mention in the note was uncertain."""
     names: dict[str, bool] = {}
@@ -97,10 +92,10 @@ def _statement(finding: Finding, threshold: float, evidence: dict[str, list]) ->
     """One or two sentences a clinician reads first."""
     p = finding.probability
     if finding.positive:
-        head = (f"The image suggests {finding.label} (calibrated probability {_p(p)}, above the "
+        head = (f"The image suggests {finding.label} (calibrated probability {format_probability(p)}, above the "
                 f"balanced operating point {threshold:.2f}); please review the highlighted region.")
     else:
-        head = (f"The image model does not suggest {finding.label} (calibrated probability {_p(p)}, "
+        head = (f"The image model does not suggest {finding.label} (calibrated probability {format_probability(p)}, "
                 f"below {threshold:.2f}).")
     present, absent = _concepts(evidence["supports"]), _concepts(evidence["contradicts"], mark_uncertain=False)
     parts = [head]

@@ -16,6 +16,7 @@ import numpy as np
 from ..analyze import analyze_image
 from ..errors import SecondreadError
 from ..explain import save_png
+from ..finding import format_probability
 from ..io import medmnist
 from ..models.bundle import load_bundle
 from ..records import extract_from_file
@@ -71,7 +72,7 @@ def _print_table(rows: list[dict], bundle) -> None:
     print(f"{'case':<10} {'val #':>5}  {'truth':<10} {'p(pneumonia)':>12}  {'suggestion':<14} {'confidence':<10}")
     for r in rows:
         verdict = "pneumonia" if r["suggested"] else "no pneumonia"
-        print(f"{r['case']:<10} {r['val_index']:>5}  {r['label']:<10} {r['probability']:>12.3f}  "
+        print(f"{r['case']:<10} {r['val_index']:>5}  {r['label']:<10} {format_probability(r['probability'], 3):>12}  "
               f"{verdict:<14} {r['confidence']:<10}")
     print("\nReports:")
     for r in rows:

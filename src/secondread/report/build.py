@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from .. import DISCLAIMER, __version__
 from ..errors import SecondreadError
 from ..explain import save_png
+from ..finding import format_probability
 
 SCHEMA_VERSION = "1.0"
 
@@ -46,12 +48,7 @@ _ENV = Environment(loader=PackageLoader("secondread.report", "templates"),
                    autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 
 
-def _prob(p: float) -> str:
-    """Three decimals, never a false certainty: 0.99996 shows as '> 0.999'."""
-    return "> 0.999" if p > 0.9995 else "< 0.001" if p < 0.0005 else f"{p:.3f}"
-
-
-_ENV.filters["prob"] = _prob
+_ENV.filters["prob"] = partial(format_probability, digits=3)
 
 
 def render_html(report: dict[str, Any]) -> str:
