@@ -69,6 +69,11 @@ METADATA_KEYS = (
 )
 """Every key :func:`read_dicom` may put in :attr:`Image.metadata` (technical attributes only)."""
 
+MAX_IMAGE_BYTES = 2**28
+"""Default limit on the decoded size of one file's pixel data (256 MiB of stored values; the float
+pipeline briefly needs about four times that). Override with the ``SECONDREAD_MAX_IMAGE_BYTES``
+environment variable or the ``max_bytes`` keyword of :func:`read_dicom`."""
+
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Tags whose presence shows that pydicom's forced read found a real DICOM data set, not garbage.
 _SIGNATURE_TAGS = (0x00080016, 0x00080060, 0x00280010, 0x7FE00010)
@@ -138,9 +143,80 @@ def _require_pixel_data(ds: Dataset, path: Path) -> None:
     raise SecondreadError(path, f"the DICOM file holds no pixel data{what}: it is not an image, or it is truncated")
 
 
-def _decode(ds: Dataset, path: Path) -> np.ndarray:
-    """Decode the stored values with pydicom (YBR converted to RGB, pydicom's default)."""
+def max_image_bytes(override: int | None = None) -> int:
+    """The size limit in force: ``override``, else ``$SECONDREAD_MAX_IMAGE_BYTES``, else
+    :data:`MAX_IMAGE_BYTES`."""
+    if override is not None:
+        return int(override)
+    text = os.environ.get("SECONDREAD_MAX_IMAGE_BYTES", "").strip()
+    if not text:
+        return MAX_IMAGE_BYTES
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise SecondreadError(None, f"SECONDREAD_MAX_IMAGE_BYTES must be a number of bytes, got {text!r}") from None
+    if value <= 0:
+        raise SecondreadError(None, "SECONDREAD_MAX_IMAGE_BYTES must be positive")
+    return value
+
+
+def _header_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer attribute of the Image Pixel module, or a ValueError naming it."""
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        raise ValueError(f"the header has no {keyword}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} is not a number") from None
+    if number <= 0:
+        raise ValueError(f"{keyword} is {number}")
+    return number
+
+
+def decoded_bytes(ds: Dataset) -> int:
+    """Bytes the decoded pixel data will take, from the header alone (PS3.3 C.7.6.3, Image Pixel
+    module): Rows x Columns x Number of Frames x Samples per Pixel x Bits Allocated / 8.
+
+    Raises ValueError (with a message safe to show) when one of them is missing, zero or absurd.
+    """
+    rows, cols = _header_int(ds, "Rows"), _header_int(ds, "Columns")
+    frames = _header_int(ds, "NumberOfFrames", 1)
+    samples = _header_int(ds, "SamplesPerPixel", 1)
+    bits = _header_int(ds, "BitsAllocated")
+    if bits > 64 or samples > 4:
+        raise ValueError(f"Bits Allocated {bits} with {samples} samples per pixel is not a valid image")
+    return (rows * cols * frames * samples * bits + 7) // 8
+
+
+def check_image_size(ds: Dataset, path: Path, max_bytes: int | None = None) -> int:
+    """Refuse, before anything is decoded, an image whose header claims more than the limit.
+
+    Why: a corrupt or hostile header (65535 x 65535 x 1000 frames) would otherwise make the decoder
+    allocate terabytes and take the process down; one line saying so is what a user needs.
+    Returns the decoded size in bytes.
+    """
+    try:
+        size = decoded_bytes(ds)
+    except ValueError as exc:
+        raise SecondreadError(path, f"the image header is invalid: {exc}") from None
+    limit = max_image_bytes(max_bytes)
+    if size > limit:
+        raise SecondreadError(path, f"refused: the header describes {size / 2**20:.0f} MiB of pixel data "
+                                    f"({int(ds.Rows)} x {int(ds.Columns)} x {_frames(ds)} frames), more than "
+                                    f"the limit of {limit / 2**20:.0f} MiB (SECONDREAD_MAX_IMAGE_BYTES)")
+    return size
+
+
+def _decode(ds: Dataset, path: Path, max_bytes: int | None = None) -> np.ndarray:
+    """Decode the stored values with pydicom (YBR converted to RGB, pydicom's default), after
+    checking that pixel data exists and its declared size is within the limit.
+
+    pydicom masks bits above Bits Stored and sign-extends signed values (PS3.5 8.1.1), so stored
+    values with garbage in the unused high bits come out right.
+    """
     _require_pixel_data(ds, path)
+    check_image_size(ds, path, max_bytes)
     ts = ds.file_meta.TransferSyntaxUID
     try:
         available = get_decoder(ts).is_available
@@ -379,7 +455,7 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
-def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True) -> Image:
+def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True, max_bytes: int | None = None) -> Image:
     """Read one DICOM file into an :class:`Image` of displayed values (see the module docstring).
 
     Parameters
@@ -389,6 +465,9 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True) -> Image:
     apply_voi : bool
         Apply the VOI LUT / window (default, what a viewer shows). ``False`` keeps the Modality LUT
         output (HU for CT), still turned into MONOCHROME2.
+    max_bytes : int, optional
+        Refuse files whose pixel data would decode to more bytes than this (default
+        :func:`max_image_bytes`: ``$SECONDREAD_MAX_IMAGE_BYTES`` or :data:`MAX_IMAGE_BYTES`).
 
     Returns
     -------
@@ -400,7 +479,8 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True) -> Image:
     Raises
     ------
     SecondreadError
-        Missing file, folder, not DICOM, truncated or corrupt, no pixel data, no decoder.
+        Missing file, folder, not DICOM, truncated or corrupt, no pixel data, no decoder, or an
+        image larger than the limit (checked from the header, before decoding).
 
     Example
     -------
@@ -410,7 +490,7 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True) -> Image:
     """
     p = require_file(path)
     ds = _read_dataset(p)
-    arr = _decode(ds, p)
+    arr = _decode(ds, p, max_bytes)
     frames = _frames(ds)
     try:
         colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
