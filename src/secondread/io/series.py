@@ -356,7 +356,10 @@ def _read_pixels(items: list[tuple[Path, Dataset]], max_bytes: int | None) -> np
     rows, cols = int(items[0][1].Rows), int(items[0][1].Columns)
     volume = np.empty((len(items), rows, cols), dtype=np.float32)
     for i, (path, ds) in enumerate(items):
-        arr = _dicom._decode(ds, path, max_bytes)
+        try:
+            arr = _dicom._decode(ds, path, max_bytes)
+        except SecondreadError as exc:  # say which slice of which folder, for the user who gave a folder
+            raise SecondreadError(path, f"{exc.problem} (slice {i + 1} of {len(items)} of the series folder)") from None
         if arr.shape != (rows, cols):
             raise SecondreadError(path, f"decoded to shape {arr.shape}, expected ({rows}, {cols})")
         try:
