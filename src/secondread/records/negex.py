@@ -1,0 +1,283 @@
+"""The NegEx / ConText test kit: negation, temporality and experiencer of a given condition.
+
+Why a separate pipeline from :mod:`notes`: here the *target* is given per row (the annotated
+condition phrase), not found by our chest vocabulary, so the evaluation measures ConText itself —
+medspaCy's default rules plus our additions in ``rules/context.json`` — exactly as the original
+papers measured NegEx (Chapman 2001) and ConText (Harkema 2009).
+
+Each row is one sentence. The condition is located in it case-insensitively (whitespace-tolerant);
+that span becomes the only entity, the whole row is one sentence, and ConText's modifiers decide:
+
+    negation     NEGATED_EXISTENCE                     -> Negated,        else Affirmed
+    temporality  HYPOTHETICAL                          -> Not particular,
+                 HISTORICAL                            -> Historical,     else Recent
+    experiencer  FAMILY / OTHER_EXPERIENCER            -> Other,          else Patient
+
+"Family member" in the gold file is scored as "Other" (ConText's experiencer is Patient vs Other;
+the test kit has 3 non-patient rows here), and "possible" does not occur, so POSSIBLE_EXISTENCE is
+Affirmed. Rows whose condition is not in their sentence (a quirk of the kit) get the defaults.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from secondread.errors import SecondreadError
+from secondread.records import metrics
+
+COLUMNS = ("line", "condition", "sentence", "negation", "temporality", "experiencer")
+OUT_COLUMNS = ("line", "negation", "temporality", "experiencer")
+VALUES = {
+    "negation": ("Affirmed", "Negated"),
+    "temporality": ("Recent", "Historical", "Not particular"),
+    "experiencer": ("Patient", "Other"),
+}
+GOLD_ALIASES = {"experiencer": {"Family member": "Other"}}
+HEADLINE = (("negation", "Negated"), ("temporality", "Historical"))
+ANCHORS = {
+    "NegEx (Chapman et al. 2001), negation on discharge summaries": {"ppv": 0.845, "sensitivity": 0.778},
+    "ConText (Harkema et al. 2009)": "per-attribute F-measures per report type in the paper: good for "
+    "negated and hypothetical, moderate for historical and other-experiencer (exact figures: see the paper; "
+    "not copied here unverified)",
+    "target (issue 6)": {"negated_f1": 0.93, "historical_f1": 0.80},
+}
+EXTRA_RULE_FILES = ("context.json", "eval/context_negex.json")
+
+_NEGATED = {"NEGATED_EXISTENCE"}
+_HISTORICAL = {"HISTORICAL"}
+_HYPOTHETICAL = {"HYPOTHETICAL"}
+_OTHER = {"FAMILY", "OTHER_EXPERIENCER"}
+
+
+# -------------------------------------------------------------------------------------- reading
+
+
+def read_annotations(path: str | os.PathLike) -> list[dict]:
+    """Rows of a NegEx-format TSV, each a dict of :data:`COLUMNS` (values stripped).
+
+    Raises
+    ------
+    SecondreadError
+        Missing/unreadable file, wrong header, a row with the wrong number of fields, an empty
+        condition or an unknown label value.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SecondreadError(path, "annotation file not found" if not p.exists() else "is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SecondreadError(path, "not a UTF-8 text file") from None
+    except OSError as exc:
+        raise SecondreadError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise SecondreadError(path, "empty file, expected a NegEx TSV with a header")
+    header = [h.strip().lower() for h in lines[0].split("\t")]
+    if header != list(COLUMNS):
+        raise SecondreadError(path, f"header must be {' / '.join(COLUMNS)} (tab-separated)")
+    rows, seen = [], set()
+    allowed = {k: set(v) | set(GOLD_ALIASES.get(k, {})) for k, v in VALUES.items()}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(COLUMNS):
+            raise SecondreadError(path, f"line {number}: {len(cells)} fields, expected {len(COLUMNS)}")
+        row = dict(zip(COLUMNS, (c.strip() for c in cells)))
+        if not row["line"] or row["line"] in seen:
+            raise SecondreadError(path, f"line {number}: empty or repeated id in the first column")
+        seen.add(row["line"])
+        if not row["condition"]:
+            raise SecondreadError(path, f"line {number}: empty condition")
+        for key, ok in allowed.items():
+            if row[key] not in ok:
+                raise SecondreadError(path, f"line {number}: unknown {key} value (expected one of {', '.join(sorted(ok))})")
+        rows.append(row)
+    if not rows:
+        raise SecondreadError(path, "no annotation rows")
+    return rows
+
+
+# ------------------------------------------------------------------------------------ predicting
+
+
+@functools.lru_cache(maxsize=None)
+def build_context_pipeline(additions: bool = True):
+    """Tokenizer + ConText (medspaCy defaults, plus our rule files when ``additions``), cached."""
+    import medspacy
+    from medspacy.context import ConTextRule
+
+    from secondread.records.notes import rules_dir
+
+    nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer"])
+    context = nlp.add_pipe("medspacy_context", config={"rules": None})
+    defaults = ConTextRule.from_json(context.DEFAULT_RULES_FILEPATH)
+    if not additions:
+        context.add(defaults)
+        return nlp
+    replaced: set[str] = set()
+    extra = []
+    for name in EXTRA_RULE_FILES:
+        path = rules_dir() / name
+        replaced |= set(json.loads(path.read_text(encoding="utf-8")).get("replace_defaults", []))
+        extra += ConTextRule.from_json(str(path))
+    context.add([r for r in defaults if r.literal not in replaced] + extra)
+    return nlp
+
+
+def find_condition(sentence: str, condition: str) -> tuple[int, int] | None:
+    """Character span of ``condition`` in ``sentence``: case-insensitive, any run of whitespace.
+
+    Falls back to the longest leading part of the condition that does occur (the kit has a few
+    truncated sentences), and to ``None`` when not even its first word is there.
+    """
+    words = condition.split()
+    for k in range(len(words), 0, -1):
+        pattern = r"\s+".join(re.escape(w) for w in words[:k])
+        m = re.search(r"(?<![A-Za-z0-9])" + pattern, sentence, re.IGNORECASE)
+        if m is None:
+            m = re.search(pattern, sentence, re.IGNORECASE)
+        if m is not None:
+            return m.start(), m.end()
+    return None
+
+
+def predict_rows(rows: list[dict], additions: bool = True) -> list[dict]:
+    """``[{"line", "negation", "temporality", "experiencer"}]`` for each row, in the kit's vocabulary."""
+    nlp = build_context_pipeline(additions)
+    context = nlp.get_pipe("medspacy_context")
+    out = []
+    sentences = [" ".join(r["sentence"].split()) for r in rows]
+    docs = nlp.pipe(sentences, disable=["medspacy_context"])
+    for row, sentence, doc in zip(rows, sentences, docs):
+        categories: set[str] = set()
+        span = find_condition(sentence, row["condition"])
+        if span is not None and len(doc):
+            ent = doc.char_span(span[0], span[1], label="CONDITION", alignment_mode="expand")
+            if ent is not None:
+                for i, token in enumerate(doc):
+                    token.is_sent_start = i == 0
+                doc.ents = [ent]
+                context(doc)
+                categories = {
+                    m.category for m in doc.ents[0]._.modifiers
+                    if not (additions and _inside_negation(m, ent))
+                }
+        out.append({"line": row["line"], **_labels(categories)})
+    return out
+
+
+def _inside_negation(modifier, target) -> bool:
+    """A negation trigger inside the condition phrase ("disc bulge without narrowing") describes a
+    part of it, not the condition; history triggers inside it ("status post CABG") do count."""
+    start, end = modifier.modifier_span
+    return modifier.category in _NEGATED and start < target.end and target.start < end
+
+
+def _labels(categories: set[str]) -> dict:
+    """ConText modifier categories -> the kit's three attribute values."""
+    if categories & _HYPOTHETICAL:
+        temporality = "Not particular"
+    elif categories & _HISTORICAL:
+        temporality = "Historical"
+    else:
+        temporality = "Recent"
+    return {
+        "negation": "Negated" if categories & _NEGATED else "Affirmed",
+        "temporality": temporality,
+        "experiencer": "Other" if categories & _OTHER else "Patient",
+    }
+
+
+# ------------------------------------------------------------------------------------- scoring
+
+
+def gold_value(row: dict, attribute: str) -> str:
+    """The gold value of ``attribute`` in the scored vocabulary ("Family member" -> "Other")."""
+    return GOLD_ALIASES.get(attribute, {}).get(row[attribute], row[attribute])
+
+
+def score(rows: list[dict], predictions: list[dict]) -> dict:
+    """Per attribute and value: precision, recall, F1, support; accuracy; confusion; headline CIs."""
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    result: dict = {"n": len(rows), "attributes": {}}
+    for attribute, values in VALUES.items():
+        gold = [gold_value(r, attribute) for r in rows]
+        pred = [p[attribute] for p in predictions]
+        result["attributes"][attribute] = {
+            "per_value": metrics.per_value_scores(gold, pred, values),
+            "accuracy": float(accuracy_score(gold, pred)) if rows else float("nan"),
+            "confusion": {
+                "labels": list(values),
+                "rows_gold_columns_predicted": confusion_matrix(gold, pred, labels=list(values)).tolist(),
+            },
+        }
+    headline = {}
+    for attribute, value in HEADLINE:
+        gold = np.array([gold_value(r, attribute) for r in rows], dtype=object)
+        pred = np.array([p[attribute] for p in predictions], dtype=object)
+        f1 = metrics.binary_f1(gold, pred, value)
+        ci = metrics.bootstrap_f1_ci(gold == value, pred == value)
+        headline[f"{value.lower()}_f1"] = {"f1": f1, "ci95": ci}
+    result["headline"] = headline
+    return result
+
+
+def write_predictions(predictions: list[dict], out: str | os.PathLike) -> None:
+    """Write ``line	negation	temporality	experiencer`` atomically (temp file, then rename)."""
+    out = Path(out)
+    if out.is_dir():
+        raise SecondreadError(out, "is a directory, expected a file name for the predictions")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            writer.writerow(OUT_COLUMNS)
+            for p in predictions:
+                writer.writerow([p[c] for c in OUT_COLUMNS])
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SecondreadError(out, f"cannot write predictions ({exc.strerror or type(exc).__name__})") from None
+
+
+def evaluate_negex(path_tsv: str | os.PathLike, predictions: str | os.PathLike | None = None,
+                   additions: bool = True) -> dict:
+    """Predict and score every row of a NegEx-format TSV; optionally write ``predictions`` (OUT.tsv).
+
+    Returns a JSON-ready dict: ``n``, ``attributes`` (per value precision/recall/f1/support,
+    accuracy, confusion), ``headline`` (Negated F1 and Historical F1 with bootstrap 95% CIs),
+    ``anchors`` (published figures), ``rules`` (which ConText rules ran).
+    """
+    rows = read_annotations(path_tsv)
+    predicted = predict_rows(rows, additions=additions)
+    if predictions is not None:
+        write_predictions(predicted, predictions)
+    result = score(rows, predicted)
+    result["file"] = Path(path_tsv).name
+    result["rules"] = "medspaCy ConText defaults" + (" + " + " + ".join(EXTRA_RULE_FILES) if additions else " only")
+    result["vocabulary_note"] = "gold 'Family member' scored as 'Other'"
+    result["anchors"] = ANCHORS
+    return result
+
+
+def evaluate_split(path_tsv: str | os.PathLike, additions: bool = True) -> dict:
+    """``{"full", "dev", "heldout"}`` scores on the saved seeded split (``rules/eval/splits.json``)."""
+    rows = read_annotations(path_tsv)
+    predicted = predict_rows(rows, additions=additions)
+    split = metrics.load_splits()["negex"]
+    out = {"full": score(rows, predicted)}
+    for part in ("dev", "heldout"):
+        keep = set(split[part])
+        idx = [i for i, r in enumerate(rows) if r["line"] in keep]
+        out[part] = score([rows[i] for i in idx], [predicted[i] for i in idx])
+    return out
