@@ -98,6 +98,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import describe, format_table
+
+    info = describe(args.path, series_uid=args.series)
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="secondread", description="A second reader for medical images. "
                                 "Decision support, not a diagnosis.")
@@ -130,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--predictions", metavar="OUT.csv", help="write id,label,probability per image")
     e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("info", help="what a file or DICOM series folder is (no patient identifiers)")
+    i.add_argument("path", metavar="PATH", help="a DICOM/NIfTI/PNG... file or a folder of DICOM slices")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--series", metavar="UID", help="the Series Instance UID to describe when a folder holds several")
+    i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", help="analyse real validation images with sample notes")
     d.add_argument("--out", default="demo-output", metavar="DIR")

@@ -322,7 +322,8 @@ def _grey_pipeline(arr: np.ndarray, ds: Dataset, apply_voi: bool) -> tuple[np.nd
         values = apply_voi_lut(values, ds)
         lo, hi = output_range(ds, kind)
     info["voi"] = kind
-    info["window"] = _window_info(ds) if kind == "window" else None
+    # the header's window is recorded even when not applied (``voi`` says whether it was)
+    info["window"] = _window_info(ds) if voi_kind(ds) == "window" else None
     inverted = ds.PhotometricInterpretation == "MONOCHROME1"
     if inverted:
         values = monochrome1_to_2(values, lo, hi)

@@ -74,7 +74,7 @@ or the ``max_volume_bytes`` keyword override it. The per-file limit of :mod:`sec
 applies to each slice as well."""
 
 SERIES_METADATA_KEYS = (
-    "slices", "files", "skipped_files", "unreadable_files", "series_in_folder", "affine",
+    "slices", "files", "skipped_files", "unreadable_files", "series_in_folder", "affine", "world",
     "slice_normal", "slice_positions_mm", "slice_thickness", "slice_spacing_source",
     "transfer_syntaxes", "warnings",
 )
@@ -307,7 +307,7 @@ def _order(folder: Path, items: list[tuple[Path, Dataset]]) -> tuple[list[tuple[
         step, source = _single_slice_step(items[0][1])
         step_vector = normal * step
         warn.append(f"a single slice: its thickness comes from {source}")
-    geometry = {"affine": _affine(positions[0], step_vector, orientation, pixel_spacing).tolist(),
+    geometry = {"affine": _affine(positions[0], step_vector, orientation, pixel_spacing).tolist(), "world": "LPS",
                 "slice_normal": normal.tolist(), "slice_positions_mm": [float(along[0]), float(along[-1])],
                 "slice_spacing_source": source, "warnings": warn}
     return items, geometry, (step, float(pixel_spacing[0]), float(pixel_spacing[1]))
