@@ -81,13 +81,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_bundle
 
     result = evaluate_bundle(args.model, args.data, split=args.split, predictions=args.predictions)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for key in ("n", "auc", "auc_ci95", "accuracy", "accuracy_at_threshold", "threshold",
-                "sensitivity", "specificity", "ece"):
-        if key in result:
-            print(f"{key:>22}  {result[key]}")
+    _print_result(result, args.json, ("n", "auc", "auc_ci95", "accuracy", "accuracy_at_threshold", "threshold",
+                                      "sensitivity", "specificity", "ece"))
     return 0
 
 
@@ -104,6 +99,91 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = describe(args.path, series_uid=args.series)
     print(json.dumps(info, indent=2) if args.json else format_table(info))
     return 0
+
+
+def _print_result(result: dict, as_json: bool, keys: tuple[str, ...]) -> None:
+    """JSON for scripts, or the headline keys for a person."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for key in keys:
+        if key in result:
+            print(f"{key:>22}  {result[key]}")
+
+
+def cmd_records_extract(args: argparse.Namespace) -> int:
+    from .records import extract_from_file
+
+    record = extract_from_file(args.note, area=args.area).to_dict()
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    for f in record["facts"]:
+        flags = [k for k in ("negated", "uncertain", "historical", "hypothetical", "family") if f[k]]
+        print(f"{f['concept']:<24} {f['category']:<12} {f['section'] or '-':<28} {','.join(flags) or 'affirmed'}"
+              f"  [{f['start']}:{f['end']}] {f['text']!r}")
+    return 0
+
+
+def cmd_records_negex(args: argparse.Namespace) -> int:
+    from .records.negex import evaluate_negex
+
+    result = evaluate_negex(args.tsv, predictions=args.predictions, additions=not args.baseline)
+    _print_result(result, args.json, ("n", "headline"))
+    return 0
+
+
+def cmd_records_label(args: argparse.Namespace) -> int:
+    from .records.reportlabels import label_reports, score_labels
+
+    result = label_reports(args.reports, args.out)
+    if args.gold:
+        result["score"] = score_labels(args.out, args.gold)
+    _print_result(result, args.json, ("n", "out", "positives"))
+    if args.gold and not args.json:
+        score = result["score"]
+        print(f"{'micro_f1':>22}  {score.get('micro_f1')}\n{'macro_f1':>22}  {score.get('macro_f1')}")
+    return 0
+
+
+def cmd_records_robustness(args: argparse.Namespace) -> int:
+    from .records.robustness import robustness
+
+    result = robustness(args.csv, limit=args.limit)
+    _print_result(result, args.json, ("notes", "analysed", "empty", "facts", "failures", "seconds", "notes_per_second"))
+    return 1 if result.get("failures") else 0
+
+
+def add_records_parser(sub) -> None:
+    """``secondread records ...``: read notes, and measure the reading against experts' labels."""
+    r = sub.add_parser("records", help="read clinical notes; evaluate the reading on annotated text")
+    rs = r.add_subparsers(dest="records_command", required=True)
+
+    x = rs.add_parser("extract", help="facts (with ConText attributes) from one note")
+    x.add_argument("note", metavar="NOTE.txt")
+    x.add_argument("--area", default="chest")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_records_extract)
+
+    n = rs.add_parser("evaluate-negex", help="negation/temporality/experiencer on a NegEx-format TSV")
+    n.add_argument("tsv", metavar="FILE.tsv")
+    n.add_argument("--json", action="store_true", help="print one JSON object")
+    n.add_argument("--predictions", metavar="OUT.tsv", help="write line, negation, temporality, experiencer")
+    n.add_argument("--baseline", action="store_true", help="medspaCy's default ConText rules only")
+    n.set_defaults(func=cmd_records_negex)
+
+    lab = rs.add_parser("label-reports", help="label chest X-ray reports with the 14 findings + normal")
+    lab.add_argument("reports", metavar="REPORTS.csv")
+    lab.add_argument("--out", required=True, metavar="LABELS.csv")
+    lab.add_argument("--gold", metavar="LABELS.csv", help="score against these gold labels")
+    lab.add_argument("--json", action="store_true")
+    lab.set_defaults(func=cmd_records_label)
+
+    rb = rs.add_parser("robustness", help="run every MTSamples note through the reader; notes per second")
+    rb.add_argument("csv", metavar="MTSAMPLES.csv")
+    rb.add_argument("--limit", type=int, default=None)
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(func=cmd_records_robustness)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--series", metavar="UID", help="the Series Instance UID to describe when a folder holds several")
     i.set_defaults(func=cmd_info)
+
+    add_records_parser(sub)
 
     d = sub.add_parser("demo", help="analyse real validation images with sample notes")
     d.add_argument("--out", default="demo-output", metavar="DIR")
