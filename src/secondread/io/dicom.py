@@ -47,6 +47,7 @@ name, ID, birth date, accession number or UID of the study can reach it.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,34 @@ environment variable or the ``max_bytes`` keyword of :func:`read_dicom`."""
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Tags whose presence shows that pydicom's forced read found a real DICOM data set, not garbage.
 _SIGNATURE_TAGS = (0x00080016, 0x00080060, 0x00280010, 0x7FE00010)
+
+
+# --- header values safe to show --------------------------------------------------------------
+#
+# A corrupt element length can make one attribute swallow its neighbours (Patient Name among
+# them), so no header text reaches a message or the metadata unless it has the form its VR allows.
+
+_CODE = re.compile(r"[A-Z0-9 _]{0,16}")  # Code String (PS3.5 6.2, VR CS)
+
+
+def safe_code(value: Any, default: str | None = None) -> str | None:
+    """A Code String value (Modality, Photometric Interpretation...) stripped, or ``default`` when
+    it is empty or not a valid CS (so it cannot carry a name or arbitrary bytes)."""
+    if value is None or isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return default
+    text = str(value).strip()
+    return text if text and _CODE.fullmatch(text) else default
+
+
+def uid_name(value: Any) -> str | None:
+    """The registered name of a UID (PS3.6 Annex A), the UID itself if it is a valid UID (digits
+    and dots only, PS3.5 9.1), else ``None``."""
+    if value in (None, ""):
+        return None
+    uid = pydicom.uid.UID(str(value).strip())
+    if uid in pydicom.uid.UID_dictionary:
+        return uid.name
+    return str(uid) if uid.is_valid else None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -135,7 +164,7 @@ def _require_pixel_data(ds: Dataset, path: Path) -> None:
     if any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         return
     sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "") or "")
-    name = pydicom.uid.UID(sop).name if sop else ""
+    name = uid_name(sop) or ""
     if "Image" in name or "Rows" in ds:
         raise SecondreadError(path, f"no pixel data although the header describes an image "
                                     f"({name or 'image attributes'}): the file is truncated or its pixel data was removed")
@@ -224,13 +253,15 @@ def _decode(ds: Dataset, path: Path, max_bytes: int | None = None) -> np.ndarray
         available = False
     if not available:
         raise SecondreadError(path, f"cannot decode the pixel data: no decoder installed for "
-                                    f"{ts.name or 'transfer syntax ' + str(ts)}")
+                                    f"{uid_name(ts) or 'an invalid transfer syntax UID'}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ds.pixel_array
-    except Exception as exc:
-        raise SecondreadError(path, f"cannot decode the pixel data ({ts.name}): it is truncated or corrupt "
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # BaseException: a decoder's Rust panic (pyo3 PanicException) is one
+        raise SecondreadError(path, f"cannot decode the pixel data ({uid_name(ts)}): it is truncated or corrupt "
                                     f"({type(exc).__name__})") from None
 
 
@@ -425,10 +456,10 @@ def _metadata(ds: Dataset, frames: int, extra: dict[str, Any]) -> dict[str, Any]
     ts = ds.file_meta.TransferSyntaxUID
     sop = ds.get("SOPClassUID")
     md: dict[str, Any] = {
-        "photometric_interpretation": _plain(ds.get("PhotometricInterpretation")),
-        "transfer_syntax": str(ts),
-        "transfer_syntax_name": ts.name,
-        "sop_class": pydicom.uid.UID(str(sop)).name if sop else None,
+        "photometric_interpretation": safe_code(ds.get("PhotometricInterpretation")),
+        "transfer_syntax": str(ts) if ts.is_valid else None,
+        "transfer_syntax_name": uid_name(ts),
+        "sop_class": uid_name(sop),
         "bits_allocated": _plain(ds.get("BitsAllocated")),
         "bits_stored": _plain(ds.get("BitsStored")),
         "pixel_representation": _plain(ds.get("PixelRepresentation")),
@@ -438,9 +469,9 @@ def _metadata(ds: Dataset, frames: int, extra: dict[str, Any]) -> dict[str, Any]
         "columns": _plain(ds.get("Columns")),
         "rescale_slope": _plain(ds.get("RescaleSlope")),
         "rescale_intercept": _plain(ds.get("RescaleIntercept")),
-        "rescale_type": _plain(ds.get("RescaleType")),
-        "body_part_examined": _plain(ds.get("BodyPartExamined")),
-        "view_position": _plain(ds.get("ViewPosition")),
+        "rescale_type": safe_code(ds.get("RescaleType")),
+        "body_part_examined": safe_code(ds.get("BodyPartExamined")),
+        "view_position": safe_code(ds.get("ViewPosition")),
         "lossy_compression": (str(ds.get("LossyImageCompression", "")) == "01") or None,
     }
     md.update(extra)
@@ -501,10 +532,10 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True, max_bytes: in
             values, extra = _grey_pipeline(arr, ds, apply_voi)
         else:
             raise SecondreadError(p, f"unsupported Photometric Interpretation "
-                                     f"{ds.get('PhotometricInterpretation')!r}")
+                                     f"{safe_code(ds.get('PhotometricInterpretation'), 'that is not a valid code')!r}")
         spacing, source = _spacing(ds, values.ndim, frames, colour)
         extra["spacing_source"] = source
-        modality = str(ds.get("Modality") or "OT")
+        modality = safe_code(ds.get("Modality"), "OT")
         return Image(pixels=values, modality=modality, spacing=spacing, source=str(p),
                      orientation=_orientation(ds), metadata=_metadata(ds, frames, extra))
     except SecondreadError:

@@ -144,7 +144,9 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], Counter]
         if isinstance(ds, str):
             skipped[ds] += 1
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        if uid and not pydicom.uid.UID(uid).is_valid:
+            uid = "(invalid UID)"  # never echo a corrupt value: it may hold other attributes' text
         groups.setdefault(uid, []).append((path, ds))
     return groups, skipped
 
@@ -169,7 +171,7 @@ def _by_size(groups: dict[str, list]) -> list[tuple[str, list]]:
 def _series_summary(uid: str, items: list[tuple[Path, Dataset]]) -> dict[str, Any]:
     ds = items[0][1]
     number = ds.get("SeriesNumber")
-    return {"series_uid": uid, "modality": str(ds.get("Modality") or "OT"),
+    return {"series_uid": uid, "modality": _dicom.safe_code(ds.get("Modality"), "OT"),
             "series_number": int(number) if number not in (None, "") else None,
             "files": len(items), "rows": _dicom._plain(ds.get("Rows")),
             "columns": _dicom._plain(ds.get("Columns"))}
@@ -377,8 +379,8 @@ def _refuse_unstackable(folder: Path, items: list[tuple[Path, Dataset]], max_vol
     _require_same(folder, items, "image sizes",
                   lambda ds: f"{_dicom._plain(ds.get('Rows'))}x{_dicom._plain(ds.get('Columns'))}")
     _require_same(folder, items, "photometric interpretations",
-                  lambda ds: str(ds.get("PhotometricInterpretation", "")))
-    photometric = str(first.get("PhotometricInterpretation", ""))
+                  lambda ds: _dicom.safe_code(ds.get("PhotometricInterpretation"), "invalid"))
+    photometric = _dicom.safe_code(first.get("PhotometricInterpretation"), "")
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(first.get("SamplesPerPixel", 1) or 1) != 1:
         raise SecondreadError(folder, f"a {photometric or 'colour'} series cannot be read as a grey-scale volume")
     try:
@@ -468,6 +470,6 @@ def _volume_image(folder: Path, items: list[tuple[Path, Dataset]], volume: np.nd
                   slice_thickness=float(thickness) if thickness not in (None, "") else None)
     metadata = _dicom._metadata(first, 1, extra)
     metadata.update({k: series[k] for k in SERIES_METADATA_KEYS if k in series})
-    return Image(pixels=volume, modality=str(first.get("Modality") or "OT"), spacing=spacing,
+    return Image(pixels=volume, modality=_dicom.safe_code(first.get("Modality"), "OT"), spacing=spacing,
                  source=str(folder), orientation=tuple(float(v) for v in first.ImageOrientationPatient),
                  metadata=metadata)
