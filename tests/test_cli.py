@@ -184,3 +184,21 @@ def test_demo_analyses_a_normal_and_a_pneumonia_case(data_root, tmp_path):
     assert not normal["suggestion"]["suggested"] and pneumonia["suggestion"]["suggested"]
     for case in ("normal", "pneumonia"):
         assert str(tmp_path / "demo" / case / "report.html") in proc.stdout
+
+
+def test_deid_from_the_command_line_removes_identifiers_and_keeps_pixels(data_root, tmp_path):
+    ds = pydicom.dcmread(data_root / "dicom" / "6154")
+    ds.PatientName, ds.PatientID = "Doe^Jane", "ID-998877"
+    ds.PatientBirthDate, ds.AccessionNumber = "19610203", "ACC-5544"
+    src = tmp_path / "in" / "study.dcm"
+    src.parent.mkdir()
+    ds.save_as(src)
+    proc = run("deid", src.parent, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    out = pydicom.dcmread(tmp_path / "out" / "study.dcm")
+    raw = (tmp_path / "out" / "study.dcm").read_bytes()
+    for ident in IDENTIFIERS:
+        assert ident.encode() not in raw and ident not in proc.stdout + proc.stderr
+    assert out.PatientIdentityRemoved == "YES"
+    np.testing.assert_array_equal(out.pixel_array, ds.pixel_array)
+    assert_one_line_error(run("deid", tmp_path / "nowhere", tmp_path / "x"), "nowhere")

@@ -101,6 +101,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deid(args: argparse.Namespace) -> int:
+    from .io.deid import deidentify
+
+    summary = deidentify(args.src, args.dst, salt=args.salt)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(f"de-identified {len(summary.written)} file(s) into {args.dst} "
+              f"(PS3.15 Basic Profile); skipped {len(summary.skipped)} non-DICOM file(s)")
+        for warning in summary.warnings:
+            print(f"secondread: warning: {warning}", file=sys.stderr)
+    for failure in summary.failed:
+        print(f"secondread: error: {failure['file']}: {failure['problem']}", file=sys.stderr)
+    return EXIT_FAILED if summary.failed else 0
+
+
 def _print_result(result: dict, as_json: bool, keys: tuple[str, ...]) -> None:
     """JSON for scripts, or the headline keys for a person."""
     if as_json:
@@ -225,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--series", metavar="UID", help="the Series Instance UID to describe when a folder holds several")
     i.set_defaults(func=cmd_info)
 
+    di = sub.add_parser("deid", help="de-identified copy of a DICOM file or folder (PS3.15 Basic Profile)")
+    di.add_argument("src", metavar="IN", help="a DICOM file or a folder of them (searched recursively)")
+    di.add_argument("dst", metavar="OUT", help="output file or folder (mirrors the input's relative paths)")
+    di.add_argument("--salt", help="secret that makes the new UIDs repeatable across runs (default: random)")
+    di.add_argument("--json", action="store_true", help="print the summary as JSON")
+    di.set_defaults(func=cmd_deid)
+
     add_records_parser(sub)
 
     d = sub.add_parser("demo", help="analyse real validation images with sample notes")
@@ -247,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("secondread: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `secondread info ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug of ours: still one line, no traceback, unless asked for
         if os.environ.get("SECONDREAD_DEBUG"):
             raise
