@@ -348,13 +348,14 @@ def _grey_pipeline(arr: np.ndarray, ds: Dataset, apply_voi: bool) -> tuple[np.nd
         if ds.get("Modality") == "CT" and ds.get("RescaleIntercept") is not None:
             info["units"] = "HU"  # PS3.3 C.8.2.1.1.2: CT rescaled values are Hounsfield units
     info["rescaled_min"], info["rescaled_max"] = float(values.min()), float(values.max())
-    kind = voi_kind(ds) if apply_voi else "not applied"
+    in_header = voi_kind(ds)
+    kind = in_header if apply_voi else "not applied"
     if kind in ("lut", "window"):
         values = apply_voi_lut(values, ds)
         lo, hi = output_range(ds, kind)
     info["voi"] = kind
     # the header's window is recorded even when not applied (``voi`` says whether it was)
-    info["window"] = _window_info(ds) if voi_kind(ds) == "window" else None
+    info["window"] = _window_info(ds) if in_header == "window" else None
     inverted = ds.PhotometricInterpretation == "MONOCHROME1"
     if inverted:
         values = monochrome1_to_2(values, lo, hi)
