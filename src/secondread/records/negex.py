@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import os
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from secondread.errors import SecondreadError
 from secondread.records import metrics
+from secondread.records.notes import CONTEXT_RULE_FILES
 
 COLUMNS = ("line", "condition", "sentence", "negation", "temporality", "experiencer")
 OUT_COLUMNS = ("line", "negation", "temporality", "experiencer")
@@ -48,7 +48,6 @@ ANCHORS = {
     "not copied here unverified)",
     "target (issue 6)": {"negated_f1": 0.93, "historical_f1": 0.80},
 }
-EXTRA_RULE_FILES = ("context.json", "eval/context_negex.json")
 
 _NEGATED = {"NEGATED_EXISTENCE"}
 _HISTORICAL = {"HISTORICAL"}
@@ -113,23 +112,11 @@ def read_annotations(path: str | os.PathLike) -> list[dict]:
 def build_context_pipeline(additions: bool = True):
     """Tokenizer + ConText (medspaCy defaults, plus our rule files when ``additions``), cached."""
     import medspacy
-    from medspacy.context import ConTextRule
 
-    from secondread.records.notes import rules_dir
+    from secondread.records.notes import add_context_rules
 
     nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer"])
-    context = nlp.add_pipe("medspacy_context", config={"rules": None})
-    defaults = ConTextRule.from_json(context.DEFAULT_RULES_FILEPATH)
-    if not additions:
-        context.add(defaults)
-        return nlp
-    replaced: set[str] = set()
-    extra = []
-    for name in EXTRA_RULE_FILES:
-        path = rules_dir() / name
-        replaced |= set(json.loads(path.read_text(encoding="utf-8")).get("replace_defaults", []))
-        extra += ConTextRule.from_json(str(path))
-    context.add([r for r in defaults if r.literal not in replaced] + extra)
+    add_context_rules(nlp.add_pipe("medspacy_context", config={"rules": None}), additions)
     return nlp
 
 
@@ -264,7 +251,7 @@ def evaluate_negex(path_tsv: str | os.PathLike, predictions: str | os.PathLike |
         write_predictions(predicted, predictions)
     result = score(rows, predicted)
     result["file"] = Path(path_tsv).name
-    result["rules"] = "medspaCy ConText defaults" + (" + " + " + ".join(EXTRA_RULE_FILES) if additions else " only")
+    result["rules"] = "medspaCy ConText defaults" + (" + " + " + ".join(CONTEXT_RULE_FILES) if additions else " only")
     result["vocabulary_note"] = "gold 'Family member' scored as 'Other'"
     result["anchors"] = ANCHORS
     return result

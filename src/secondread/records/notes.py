@@ -190,11 +190,27 @@ def load_target_rules(area: str):
     return TargetRule.from_json(str(path))
 
 
-def load_context_rules():
-    """Extra ConTextRules (``rules/context.json``), added on top of medspaCy's defaults."""
+# ConText rule files added to medspaCy's defaults; a file's "replace_defaults" lists default
+# literals it supersedes. context_negex.json holds the additions measured on the NegEx kit's
+# development part (see records/negex.py), so notes and the evaluation read with the same rules.
+CONTEXT_RULE_FILES = ("context.json", "eval/context_negex.json")
+
+
+def add_context_rules(context, additions: bool = True) -> None:
+    """Give a ConText component medspaCy's default rules, plus ours (minus the defaults ours replace)."""
     from medspacy.context import ConTextRule
 
-    return ConTextRule.from_json(str(rules_dir() / "context.json"))
+    defaults = ConTextRule.from_json(context.DEFAULT_RULES_FILEPATH)
+    if not additions:
+        context.add(defaults)
+        return
+    replaced: set[str] = set()
+    extra = []
+    for name in CONTEXT_RULE_FILES:
+        path = rules_dir() / name
+        replaced |= set(json.loads(path.read_text(encoding="utf-8")).get("replace_defaults", []))
+        extra += ConTextRule.from_json(str(path))
+    context.add([r for r in defaults if r.literal not in replaced] + extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,8 +235,7 @@ def build_pipeline(area: str = "chest"):
     )
     nlp.get_pipe("medspacy_target_matcher").add(target_rules)
     nlp.add_pipe("medspacy_sectionizer", config={"span_attrs": None})
-    nlp.add_pipe("medspacy_context")
-    nlp.get_pipe("medspacy_context").add(load_context_rules())
+    add_context_rules(nlp.add_pipe("medspacy_context", config={"rules": None}))
     return nlp
 
 
