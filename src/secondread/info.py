@@ -51,12 +51,11 @@ def _load(p: Path, series_uid: str | None) -> tuple[str, Image]:
         return "DICOM series", read_series(p, series_uid)
     if series_uid is not None:
         raise SecondreadError(p, "a series UID can only be chosen for a folder")
+    if p.name.lower().endswith(NIFTI_SUFFIXES):
+        return "NIfTI", load_image(p)
     if p.is_file() and is_dicom(p):
         return "DICOM", read_dicom(p, apply_voi=False)
-    image = load_image(p)
-    if p.name.lower().endswith(NIFTI_SUFFIXES):
-        return "NIfTI", image
-    return p.suffix.lstrip(".").upper() or "unknown", image
+    return p.suffix.lstrip(".").upper() or "unknown", load_image(p)
 
 
 def _value_range(image: Image) -> tuple[float, float]:
