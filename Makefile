@@ -25,8 +25,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Rebuilds the shipped model bundles from ../shared/data (training split only, fixed seeds).
+ZOO := src/secondread/models/zoo
 models: $(STAMP)
-	$(VENV)/bin/secondread train --dataset pneumoniamnist --out src/secondread/models/zoo/pneumonia
+	$(VENV)/bin/secondread train --dataset pneumoniamnist --out $(ZOO)/pneumonia
+	$(PY) -c "from secondread.train import train_bundle; train_bundle('breastmnist', '$(ZOO)/breast-us-28')"
+	$(PY) -c "from secondread.train import train_bundle; train_bundle('adrenalmnist3d', '$(ZOO)/adrenal-ct-3d')"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

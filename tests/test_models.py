@@ -144,3 +144,30 @@ def test_shipped_bundle_accepts_a_full_size_radiograph(val_images):
     big = [cv2.resize(im.astype(np.float32), (1024, 1024), interpolation=cv2.INTER_LINEAR) * 16.0 + 100.0
            for im in images]
     assert np.allclose(bundle.predict_proba(big), small, atol=0.1)
+
+
+# --- the compact residual network (2D and 3D) ---------------------------------------------------------
+
+@pytest.mark.parametrize("dims,shape", [(2, (3, 1, 28, 28)), (3, (2, 1, 28, 28, 28))])
+def test_compact_resnet_gives_one_logit_and_a_gradcam_layer(dims, shape):
+    from secondread.models import CompactResNet
+
+    model = build("compact_resnet", spatial_dims=dims, width=4, stem_stride=2 if dims == 3 else 1)
+    assert isinstance(model, CompactResNet)
+    layer = dict(model.named_modules())[model.gradcam_layer]
+    assert isinstance(layer, nn.ReLU)
+    seen = {}
+    layer.register_forward_hook(lambda m, i, o: seen.update(shape=tuple(o.shape)))
+    model.eval()
+    assert model(torch.zeros(*shape)).shape == (shape[0],)
+    assert seen["shape"][:2] == (shape[0], 16) and len(seen["shape"]) == dims + 2
+    with pytest.raises(SecondreadError, match="spatial_dims"):
+        build("compact_resnet", spatial_dims=4)
+
+
+def test_prepare_images_handles_volumes():
+    spec = [{"op": "normalise", "method": "minmax"}, {"op": "resize", "shape": [8, 8, 8]}]
+    vols = np.random.default_rng(0).random((3, 10, 12, 12)).astype(np.float32)
+    batch = prepare_images(spec, vols)
+    assert batch.shape == (3, 1, 8, 8, 8)
+    assert np.array_equal(batch[1, 0], preprocess.apply(spec, vols[1]))

@@ -67,6 +67,18 @@ def bootstrap_auc_ci(y_true, y_score, resamples: int = BOOTSTRAP_RESAMPLES, seed
     return [float(lo), float(hi)]
 
 
+def bootstrap_accuracy_ci(y_true, y_score, threshold: float = 0.5, resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of MedMNIST's accuracy (``score > threshold``), seeded."""
+    y_true, y_score = _positive_scores(y_true, y_score)
+    correct = (y_score > threshold).astype(int) == y_true
+    rng = np.random.default_rng(seed)
+    values = [correct[rng.integers(0, len(correct), len(correct))].mean() for _ in range(int(resamples))]
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return [float(lo), float(hi)]
+
+
 def expected_calibration_error(y_true, probs, bins: int = 10) -> float:
     """Expected calibration error of the positive-class probability over equal-width bins.
 
@@ -151,7 +163,7 @@ def binary_metrics(y_true, probs, threshold: float) -> dict[str, Any]:
     y, p = _positive_scores(y_true, probs)
     out: dict[str, Any] = {"n": int(len(y)), "n_positive": int((y == 1).sum()),
                            "auc": medmnist_auc(y, p), "auc_ci95": bootstrap_auc_ci(y, p),
-                           "accuracy": medmnist_accuracy(y, p, 0.5)}
+                           "accuracy": medmnist_accuracy(y, p, 0.5), "accuracy_ci95": bootstrap_accuracy_ci(y, p)}
     out.update(_at_threshold(y, p, threshold))
     out["ece"] = expected_calibration_error(y, p)
     return out
@@ -167,17 +179,19 @@ def locate(data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -
     return medmnist.locate(str(data), data_dir)
 
 
-def write_predictions(path: str | os.PathLike, labels, probs) -> Path:
-    """CSV ``id,label,probability`` (``id`` = index within the split), written via a temporary file
-    and an atomic rename so a reader never sees half a file."""
+def write_predictions(path: str | os.PathLike, labels, probs, ids=None) -> Path:
+    """CSV ``id,label,probability``, written via a temporary file and an atomic rename so a reader
+    never sees half a file. ``id`` defaults to the index within the split; ``label`` is 1 where the
+    item has the finding; ``probability`` is the calibrated probability of the finding."""
     path = Path(path)
+    ids = range(len(labels)) if ids is None else ids
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["id", "label", "probability"])
-            writer.writerows((i, int(y), repr(float(p))) for i, (y, p) in enumerate(zip(labels, probs)))
+            writer.writerows((i, int(y), repr(float(p))) for i, y, p in zip(ids, labels, probs))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -185,32 +199,107 @@ def write_predictions(path: str | os.PathLike, labels, probs) -> Path:
     return path
 
 
-def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: str = "val",
-                    predictions: str | os.PathLike | None = None,
-                    data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Evaluate a bundle (path or shipped name) on one split of a MedMNIST ``.npz``.
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
-    Returns ``binary_metrics`` at the bundle's threshold on its calibrated probabilities, the
-    sensitivity/specificity at each of its operating points, and which ``model`` (name, version,
-    sha256), ``data`` and ``split`` they describe. ``predictions`` writes the per-image CSV.
+
+def write_plots(plots_dir: str | os.PathLike, y, probs, threshold: float, operating_points: dict, title: str,
+                finding: str = "positive") -> dict[str, str]:
+    """``roc.png`` (with the operating points) and ``confusion.png`` (at ``threshold``) in ``plots_dir``."""
+    from .plots import confusion_figure, roc_figure
+
+    folder = Path(plots_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SecondreadError(folder, f"cannot create the plots folder ({exc.strerror or type(exc).__name__})") from None
+    confusion = _at_threshold(y, probs, threshold)["confusion"]
+    files = {"roc": folder / "roc.png", "confusion": folder / "confusion.png"}
+    _write_atomic(files["roc"], roc_figure(y, probs, title, operating_points))
+    _write_atomic(files["confusion"], confusion_figure(confusion, f"{title}, threshold {threshold:.3f}",
+                                                       positive=finding, negative=f"no {finding}"))
+    return {k: str(v) for k, v in files.items()}
+
+
+def _splits_in(path: Path) -> list[str]:
+    """The MedMNIST splits present in an ``.npz`` (train, val, test order)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+    except (OSError, ValueError, EOFError) as exc:
+        raise SecondreadError(path, f"not a readable MedMNIST .npz file: corrupt or not an npz ({type(exc).__name__})") from None
+    except Exception as exc:  # zipfile.BadZipFile and friends
+        raise SecondreadError(path, f"not a readable MedMNIST .npz file ({type(exc).__name__})") from None
+    return [s for s in medmnist.SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
+
+
+def _split_metrics(bundle, y, probs) -> dict[str, Any]:
+    out = binary_metrics(y, probs, bundle.threshold)
+    out["operating_points"] = {name: {k: v for k, v in _at_threshold(y, probs, op["threshold"]).items()
+                                      if k in ("threshold", "sensitivity", "specificity")}
+                               for name, op in bundle.operating_points.items()}
+    return out
+
+
+def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: str = "val",
+                    predictions: str | os.PathLike | None = None, plots_dir: str | os.PathLike | None = None,
+                    data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate a bundle (path or shipped name) on a MedMNIST ``.npz`` (path or data set name).
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every split present in the file,
+    pooled; each split's own figures are under ``"splits"``). Labels are the bundle's *finding*
+    indicators (1 = the finding; for ``breast-us-28`` that is MedMNIST label 0, malignant), and the
+    scores its calibrated probabilities, so the AUC is MedMNIST's (for BreastMNIST, MedMNIST's AUC
+    on the label-1 score is the same number).
+
+    Returns ``binary_metrics`` at the bundle's threshold, the sensitivity/specificity at each of
+    its operating points, and which ``model`` (name, version, sha256), ``data`` and ``split`` they
+    describe. ``predictions`` writes the CSV ``id,label,probability``: ``id`` is the index within
+    the split, or ``<split>/<index>`` (e.g. ``val/12``) for ``split="all"``. ``plots_dir`` writes
+    ``roc.png`` and ``confusion.png`` there.
     """
     from .models.bundle import load_bundle
 
     bundle = load_bundle(model)
     path = locate(data, data_dir)
-    images, labels = load_split(path, split)
-    if images.ndim != 3:
-        raise SecondreadError(path, f"expected 2D images [N, H, W], got shape {images.shape}")
-    if len(np.unique(labels)) != 2:
+    if split not in (*medmnist.SPLITS, "all"):
+        raise SecondreadError(None, f"unknown split {split!r} (train, val, test, all)")
+    splits = _splits_in(path) if split == "all" and path.is_file() else [split]
+    if not splits:
+        raise SecondreadError(path, "no split (train/val/test images and labels) in this file")
+    want = len(bundle.config.get("input_shape", [0, 0]))
+    ids, ys, ps, per_split = [], [], [], {}
+    for name in splits:
+        images, labels = load_split(path, name)
+        if images.ndim - 1 != want:
+            kind = {2: "2D images [N, H, W]", 3: "3D volumes [N, D, H, W]"}.get(want, f"{want}D inputs")
+            raise SecondreadError(path, f"model {bundle.name!r} reads {kind}; the {name!r} split has shape {images.shape}")
+        y, p = bundle.finding_labels(labels), bundle.predict_proba(images)
+        if split == "all" and len(np.unique(y)) == 2:
+            per_split[name] = _split_metrics(bundle, y, p)
+        ids += [f"{name}/{i}" for i in range(len(y))] if split == "all" else list(range(len(y)))
+        ys.append(y)
+        ps.append(p)
+    y, probs = np.concatenate(ys), np.concatenate(ps)
+    if len(np.unique(y)) != 2:
         raise SecondreadError(path, f"the {split!r} split must contain both classes to compute an AUC")
-    probs = bundle.predict_proba(images)
-    out = binary_metrics(labels, probs, bundle.threshold)
-    out["operating_points"] = {name: {k: v for k, v in _at_threshold(labels, probs, op["threshold"]).items()
-                                      if k in ("threshold", "sensitivity", "specificity")}
-                               for name, op in bundle.operating_points.items()}
+    out = _split_metrics(bundle, y, probs)
     out.update(model={"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
-               data=path.name, split=split)
+               finding=bundle.finding, positive_class=bundle.positive_class, data=path.name, split=split)
+    if split == "all":
+        out["splits"] = per_split
+        out["split_sizes"] = {name: int(len(v)) for name, v in zip(splits, ys)}
     if predictions is not None:
-        write_predictions(predictions, labels, probs)
+        write_predictions(predictions, y, probs, ids)
         out["predictions"] = str(predictions)
+    if plots_dir is not None:
+        out["plots"] = write_plots(plots_dir, y, probs, bundle.threshold, out["operating_points"],
+                                   f"{bundle.name} on {path.name} ({split}, n={len(y)})", bundle.finding)
     return out

@@ -1,4 +1,4 @@
-"""Detection models: architectures (``nets``) and the model bundle (``bundle``).
+"""Detection models: architectures (``nets``), the model bundle (``bundle``) and its ONNX export (``onnx``).
 
 Why: a model is only meaningful together with the preprocessing it was trained with, its
 calibration, its operating points and its validation figures. The bundle carries all of them (as
@@ -7,6 +7,6 @@ MONAI bundles do), so ``analyze`` and ``evaluate`` never have to guess. Shipped 
 """
 
 from .bundle import Bundle, load_bundle, save_bundle, shipped_names
-from .nets import ARCHITECTURES, SeedCNN, build
+from .nets import ARCHITECTURES, CompactResNet, SeedCNN, build
 
-__all__ = ["ARCHITECTURES", "Bundle", "SeedCNN", "build", "load_bundle", "save_bundle", "shipped_names"]
+__all__ = ["ARCHITECTURES", "Bundle", "CompactResNet", "SeedCNN", "build", "load_bundle", "save_bundle", "shipped_names"]

@@ -8,6 +8,8 @@ MONAI bundles, these travel together as data::
                          validation metrics, training and data provenance
     <dir>/weights.pt     the state_dict (loaded with ``weights_only=True``: no code is unpickled)
     <dir>/model_card.md  data, licence, date, intended use, limits, figures with CIs
+    <dir>/model.onnx     the same network for ONNX Runtime (written when ``input_shape`` is known)
+    <dir>/reliability.png  the reliability diagram before/after temperature scaling (from training)
 
 Shipped bundles live in ``zoo/<name>/`` inside the package and are addressed by name.
 """
@@ -31,6 +33,7 @@ from torch import nn
 from .. import preprocess
 from ..errors import SecondreadError
 from .nets import build
+from .onnx import ONNX_FILE, OnnxNet, export_bytes, onnxruntime_available
 
 ZOO = Path(__file__).parent / "zoo"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "bundle.json", "weights.pt", "model_card.md"
@@ -46,23 +49,24 @@ def shipped_names() -> list[str]:
 
 
 def prepare_images(spec: list[dict], images: Iterable[Any]) -> np.ndarray:
-    """Apply ``spec`` to each 2D image with ``preprocess.apply``; return float32 ``[N, 1, H, W]``.
+    """Apply ``spec`` to each image with ``preprocess.apply``; return float32 ``[N, 1, *shape]``.
 
     Training and inference both call this, so a model never sees pixels prepared differently from
-    the ones it was trained on. ``images`` may be a ``[N, H, W]`` array, a list of 2D arrays of any
-    size, or objects with a ``pixels`` attribute (``secondread.image.Image``).
+    the ones it was trained on. ``images`` may be a ``[N, H, W]`` (2D) or ``[N, D, H, W]`` (3D)
+    array, a list of 2D or 3D arrays of any size, or objects with a ``pixels`` attribute
+    (``secondread.image.Image``). The spec's final resize makes them all one shape.
     """
     prepared = [preprocess.apply(spec, getattr(im, "pixels", im)) for im in images]
     if not prepared:
         return np.zeros((0, 1, 1, 1), dtype=np.float32)
     shapes = {p.shape for p in prepared}
-    if len(shapes) != 1 or prepared[0].ndim != 2:
-        raise SecondreadError(None, f"preprocessing must yield 2D images of one shape, got {sorted(shapes)}")
+    if len(shapes) != 1 or prepared[0].ndim not in (2, 3):
+        raise SecondreadError(None, f"preprocessing must yield 2D or 3D images of one shape, got {sorted(shapes)}")
     return np.stack(prepared)[:, None].astype(np.float32)
 
 
 def batched_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for ``x`` ``[N, 1, H, W]``, in fixed-size batches.
+    """Logits of ``model`` (in eval mode) for ``x`` ``[N, 1, *shape]``, in fixed-size batches.
 
     Training's final validation pass and every later inference use this same batching, so the
     figures recorded in a bundle are reproduced bit for bit when it is re-evaluated.
@@ -105,6 +109,9 @@ class Bundle:
     temperature: float = field(init=False)
     operating_points: dict[str, dict] = field(init=False)
     metrics: dict[str, Any] = field(init=False)
+    positive_class: int = field(init=False)
+    backend: str = "torch"
+    onnx: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -115,15 +122,29 @@ class Bundle:
         self.threshold, self.temperature = float(c["threshold"]), float(c["temperature"])
         self.operating_points = dict(c.get("operating_points", {}))
         self.metrics = dict(c.get("metrics", {}))
+        self.positive_class = int(c.get("positive_class", 1))
         self.model.eval()
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
-        """One 2D image -> the ``[1, H, W]`` tensor the model expects (the stored preprocessing)."""
+        """One 2D image or 3D volume -> the ``[1, *shape]`` tensor the model expects (the stored
+        preprocessing)."""
         return torch.from_numpy(prepare_images(self.preprocessing, [pixels])[0])
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw (uncalibrated) logits for a prepared ``[N, 1, H, W]`` batch."""
+        """Raw (uncalibrated) logits for a prepared ``[N, 1, *shape]`` batch, from PyTorch or, when
+        the bundle was loaded with ``backend="onnx"``, from ONNX Runtime (same batching)."""
+        if self.backend == "onnx":
+            x = np.asarray(batch, dtype=np.float32)
+            parts = [self.onnx(x[i:i + BATCH_SIZE]) for i in range(0, len(x), BATCH_SIZE)]
+            return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.float32))
         return batched_logits(self.model, batch)
+
+    def finding_labels(self, labels) -> np.ndarray:
+        """1 where a data set label means the finding (``positive_class``), else 0.
+
+        For most sets this is the label itself; BreastMNIST's finding, *malignant*, is its label 0.
+        """
+        return (np.asarray(labels).reshape(-1) == self.positive_class).astype(np.int64)
 
     def predict_proba(self, images: Iterable[Any]) -> np.ndarray:
         """Calibrated probabilities of the finding, ``sigmoid(logit / temperature)``, one per image."""
@@ -153,12 +174,17 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     raise SecondreadError(name_or_path, f"no such model bundle folder or shipped bundle name (shipped: {names})")
 
 
-def load_bundle(name_or_path: str | os.PathLike) -> Bundle:
+def load_bundle(name_or_path: str | os.PathLike, backend: str = "torch") -> Bundle:
     """Load a bundle from a folder or by shipped name (``"pneumonia"``).
 
+    ``backend`` runs the network with ``"torch"`` (default; the back end whose figures the bundle
+    records, and the one Grad-CAM needs), ``"onnx"`` (ONNX Runtime on ``model.onnx``; an error if
+    it is not installed) or ``"auto"`` (ONNX Runtime when installed and exported, else torch).
     Raises ``SecondreadError`` for an unknown name or a broken folder (missing or invalid
     bundle.json, missing keys, weights that do not fit the architecture).
     """
+    if backend not in ("torch", "onnx", "auto"):
+        raise SecondreadError(None, f"unknown backend {backend!r} (torch, onnx, auto)")
     folder = _resolve(name_or_path)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -178,17 +204,30 @@ def load_bundle(name_or_path: str | os.PathLike) -> Bundle:
     except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as exc:
         raise SecondreadError(folder / WEIGHTS_FILE, f"weights do not load ({type(exc).__name__}): corrupt, "
                                                      f"or not a {config['architecture']} state_dict") from None
-    return Bundle(path=folder, config=config, model=model, sha256=file_hash(folder))
+    if backend == "auto":
+        backend = "onnx" if onnxruntime_available() and (folder / ONNX_FILE).is_file() else "torch"
+    session = OnnxNet(folder / ONNX_FILE) if backend == "onnx" else None
+    return Bundle(path=folder, config=config, model=model, sha256=file_hash(folder), backend=backend, onnx=session)
 
 
-def save_bundle(folder: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> Path:
+def save_bundle(folder: str | os.PathLike, model: nn.Module, config: dict[str, Any],
+                extra_files: dict[str, bytes] | None = None) -> Path:
     """Write ``config``, the weights and the model card to ``folder``, replacing it whole.
+
+    When ``config`` has ``input_shape`` the network is also exported to ``model.onnx`` (and
+    ``config["onnx"]`` records it); ``extra_files`` (name -> bytes, e.g. the reliability diagram)
+    are written alongside.
 
     Everything is written to a temporary sibling folder first and renamed into place, so a crash
     leaves either the old bundle or the new one, never half of one.
     """
     folder = Path(folder)
     config = dict(config, preprocessing=preprocess.validate(config["preprocessing"]))
+    files = dict(extra_files or {})
+    if "input_shape" in config:
+        files[ONNX_FILE] = export_bytes(model, config["input_shape"], config["arch_args"].get("in_channels", 1))
+        config["onnx"] = {"file": ONNX_FILE, "input": "image", "output": "logit",
+                          "input_shape": ["batch", config["arch_args"].get("in_channels", 1), *config["input_shape"]]}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; an installed bundle must be readable by all
@@ -197,6 +236,8 @@ def save_bundle(folder: str | os.PathLike, model: nn.Module, config: dict[str, A
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(model_card(config), encoding="utf-8")
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
             folder.rename(old)
@@ -221,6 +262,10 @@ def model_card(config: dict[str, Any]) -> str:
     lines = [f"# Model card: {config['name']} {config.get('version', '')}".rstrip(), "",
              f"Created {config.get('created', '?')}. Finding: **{config.get('finding', '?')}**. "
              f"Architecture `{config['architecture']}` {json.dumps(config['arch_args'])}.", "",
+             f"The probability is of the finding, data set label {config.get('positive_class', 1)} "
+             f"({config['labels'].get(str(config.get('positive_class', 1)), '?')}), calibrated by temperature "
+             f"scaling; files: `weights.pt` (PyTorch), `model.onnx` (ONNX Runtime), `reliability.png` "
+             f"(reliability diagram before/after calibration).", "",
              "## Intended use", "", card.get("intended_use", "Decision support for research; not a diagnosis."), "",
              "## Data", "", card.get("data", "?"), "",
              f"Training: {t.get('n_train', '?')} images of the training split only; selection, early stopping, "
