@@ -202,3 +202,21 @@ def test_deid_from_the_command_line_removes_identifiers_and_keeps_pixels(data_ro
     assert out.PatientIdentityRemoved == "YES"
     np.testing.assert_array_equal(out.pixel_array, ds.pixel_array)
     assert_one_line_error(run("deid", tmp_path / "nowhere", tmp_path / "x"), "nowhere")
+
+
+def test_cli_knows_every_trainable_data_set():
+    from secondread.cli import TRAINABLE
+    from secondread.train import DATASETS
+    assert sorted(TRAINABLE) == sorted(DATASETS)
+
+
+def test_evaluate_split_all_with_plots(data_root, tmp_path):
+    preds = tmp_path / "all.csv"
+    proc = run("evaluate", "--model", "pneumonia", "--data", data_root / "medmnist" / "pneumoniamnist.npz",
+               "--split", "all", "--json", "--predictions", preds, "--plots", tmp_path / "plots")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    ids = [line.split(",")[0] for line in preds.read_text().splitlines()[1:]]
+    assert result["n"] == len(ids) == 4708 + 524 and len(set(ids)) == len(ids)
+    assert ids[0] == "train/0" and "val/523" in ids
+    assert (tmp_path / "plots" / "roc.png").is_file() and (tmp_path / "plots" / "confusion.png").is_file()

@@ -19,6 +19,9 @@ from .errors import SecondreadError
 log = logging.getLogger("secondread")
 
 EXIT_FAILED = 1
+# The data sets `secondread train` knows (secondread.train.DATASETS); kept here so that --help
+# does not import torch.
+TRAINABLE = ["pneumoniamnist", "breastmnist", "adrenalmnist3d"]
 
 
 def _fail(exc: SecondreadError) -> None:
@@ -80,7 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_bundle
 
-    result = evaluate_bundle(args.model, args.data, split=args.split, predictions=args.predictions)
+    result = evaluate_bundle(args.model, args.data, split=args.split, predictions=args.predictions,
+                             plots_dir=args.plots)
     _print_result(result, args.json, ("n", "auc", "auc_ci95", "accuracy", "accuracy_at_threshold", "threshold",
                                       "sensitivity", "specificity", "ece"))
     return 0
@@ -218,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
 
     t = sub.add_parser("train", help="train a model bundle on a data set")
-    t.add_argument("--dataset", required=True, choices=["pneumoniamnist"])
+    t.add_argument("--dataset", required=True, choices=TRAINABLE)
     t.add_argument("--out", required=True, metavar="DIR")
     t.add_argument("--data", metavar="PATH", help="data folder (default: $SECONDREAD_DATA or ../shared/data)")
     t.add_argument("--epochs", type=int, default=30)
@@ -230,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a bundle on a data split")
     e.add_argument("--model", required=True, help="bundle path or shipped name")
     e.add_argument("--data", required=True, metavar="FILE.npz")
-    e.add_argument("--split", default="val", choices=["train", "val", "test"])
+    e.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
+                   help="'all' scores every split present (ids become <split>/<index>)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--predictions", metavar="OUT.csv", help="write id,label,probability per image")
+    e.add_argument("--plots", metavar="DIR", help="write roc.png and confusion.png into DIR")
     e.set_defaults(func=cmd_evaluate)
 
     i = sub.add_parser("info", help="what a file or DICOM series folder is (no patient identifiers)")
