@@ -17,7 +17,7 @@ import pytest
 
 from secondread.errors import SecondreadError
 from secondread.records.fhir import read_fhir
-from secondread.records.merge import merge_record
+from secondread.records.merge import load_record, merge_record
 from secondread.records.notes import extract_facts
 from secondread.suggest import record_evidence
 
@@ -185,6 +185,19 @@ def test_emphysema_answers_a_note_that_denies_copd_and_never_smoker_is_no_risk(s
     assert record_evidence("pneumonia", merged["facts"])["risk_factors"] == []
 
 
+def test_load_record_from_files(synthea, tmp_path):
+    folder, _ = synthea
+    note = tmp_path / "note.txt"
+    note.write_text("Never smoker. Cough.", encoding="utf-8")
+    bundle = folder / "Yi_Weissnat_0edbf0a2-10d4-4ccd-a522-6aaeb41f2b41.json"
+    merged = load_record(note, bundle, reference_date=dt.date(2018, 12, 31))
+    assert merged["source"] == "note.txt + fhir" and merged["demographics"]["age"] == 16
+    assert merged["contradictions"] == []  # before 2019 the record said never smoker too
+    assert [c["concept"] for c in load_record(note, bundle)["contradictions"]] == ["smoking"]
+    assert load_record(None, None) is None
+    assert load_record(None, bundle)["source"] == "fhir"
+
+
 def test_merge_of_either_side_alone():
     only_note = merge_record(extract_facts("Fever and cough.", source="n.txt"), None)
     assert only_note["source"] == "n.txt" and only_note["fhir"] is None and only_note["contradictions"] == []
@@ -278,6 +291,12 @@ def test_crafted_bundle_meds_imaging_vitals_statuses(tmp_path):
     vitals = {v["name"]: v for v in record.vitals}
     assert vitals["oxygen_saturation"]["value"] == 91 and vitals["oxygen_saturation"]["date"] == "2024-02-20"
     assert vitals["respiratory_rate"]["value"] == 24
+    assert not {"hypoxia", "tachypnoea"} & record.concepts()  # measured 19 days before the study
+    recent = read_fhir(_write(tmp_path, bundle, "b2.json"), reference_date=dt.date(2024, 2, 21))
+    derived = {f["concept"]: f for f in recent.facts if f["category"] == "SYMPTOM"}
+    assert set(derived) == {"hypoxia", "tachypnoea"}
+    assert derived["hypoxia"]["attributes"] == {"code": "2708-6", "value": 91.0, "unit": "%", "date": "2024-02-20"}
+    assert [f["concept"] for f in record_evidence("pneumonia", recent.facts)["supports"]] == ["hypoxia", "tachypnoea"]
     assert record.imaging == [{"modality": ["CT"], "body_site": ["Thoracic structure"], "date": "2023-05-05",
                                "series": 1}]
     text = json.dumps(record.to_dict())

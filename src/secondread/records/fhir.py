@@ -261,6 +261,24 @@ def _add_observations(record: PatientRecord, observations: list, as_of: dt.date)
     ]
     if smoking:
         _add_smoking(record, smoking, packs)
+    _add_vital_facts(record, as_of)
+
+
+def _add_vital_facts(record: PatientRecord, as_of: dt.date) -> None:
+    """Recent vitals beyond a threshold as symptom facts (``vital_sign_facts`` in the code map)."""
+    rules = code_maps().get("vital_sign_facts", {})
+    recent = dt.timedelta(days=rules.get("recent_days", 3))
+    latest = {v["name"]: v for v in record.vitals}
+    for rule in rules.get("rules", []):
+        vital = latest.get(rule["vital"])
+        if vital is None or vital["date"] is None or as_of - dt.date.fromisoformat(vital["date"]) > recent:
+            continue
+        value = vital["value"]
+        if (("below" in rule and value < rule["below"]) or ("above" in rule and value > rule["above"])
+                or ("at_least" in rule and value >= rule["at_least"])):
+            text = f"{vital['name'].replace('_', ' ')} {value:g} {vital['unit'] or ''}".strip()
+            record.facts.append(_fact(rule["concept"], "SYMPTOM", text, "Observation",
+                                      {k: vital[k] for k in ("code", "value", "unit", "date")}))
 
 
 def _add_smoking(record: PatientRecord, smoking: list, packs: list) -> None:

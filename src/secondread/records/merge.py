@@ -64,6 +64,24 @@ def merge_record(notes, fhir: PatientRecord | None, area: str | None = None) -> 
     }
 
 
+def load_record(notes_path=None, fhir_path=None, area: str = "chest",
+                reference_date=None) -> dict[str, Any] | None:
+    """Read a note file and/or a FHIR bundle and merge them: what ``analyze`` puts in ``record``.
+
+    ``reference_date`` (a ``datetime.date``, e.g. the study date) is passed to
+    :func:`secondread.records.fhir.read_fhir`. Returns None when neither file is given. Bad files
+    raise :class:`secondread.errors.SecondreadError` (one line, naming the file).
+    """
+    from secondread.records.fhir import read_fhir
+    from secondread.records.notes import extract_from_file
+
+    if notes_path is None and fhir_path is None:
+        return None
+    notes = extract_from_file(notes_path, area=area) if notes_path is not None else None
+    fhir = read_fhir(fhir_path, reference_date=reference_date) if fhir_path is not None else None
+    return merge_record(notes, fhir, area=area)
+
+
 def find_contradictions(note_facts: list[dict], record_facts: list[dict]) -> list[dict[str, Any]]:
     """Where the note and the coded record disagree about the patient (see the module docstring)."""
     note_facts = [f for f in note_facts if not (f.get("family") or f.get("hypothetical"))]
