@@ -220,3 +220,20 @@ def test_evaluate_split_all_with_plots(data_root, tmp_path):
     assert result["n"] == len(ids) == 4708 + 524 and len(set(ids)) == len(ids)
     assert ids[0] == "train/0" and "val/523" in ids
     assert (tmp_path / "plots" / "roc.png").is_file() and (tmp_path / "plots" / "confusion.png").is_file()
+
+
+def test_nodules_command_writes_the_contracted_csv(data_root, tmp_path):
+    import csv
+    lidc = data_root / "ct" / "LIDC-IDRI-0001"
+    out = tmp_path / "nodules.csv"
+    proc = run("nodules", lidc / "series", "--json", "--predictions", out)
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout)
+    rows = list(csv.DictReader(out.open()))
+    assert out.read_text().splitlines()[0] == "rank,score,x_mm,y_mm,z_mm,diameter_mm"
+    truth = next(csv.DictReader((lidc / "nodules.csv").open()))
+    centre = np.array([float(truth[k]) for k in ("x_mm", "y_mm", "z_mm")])
+    best = min(rows, key=lambda r: np.linalg.norm(np.array([float(r[k]) for k in ("x_mm", "y_mm", "z_mm")]) - centre))
+    distance = np.linalg.norm(np.array([float(best[k]) for k in ("x_mm", "y_mm", "z_mm")]) - centre)
+    assert distance < float(truth["diameter_mm"]) / 2  # a candidate sits inside the readers' nodule
+    assert_one_line_error(run("nodules", data_root / "dicom" / "CT_small.dcm"), "CT_small.dcm")

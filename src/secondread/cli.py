@@ -105,6 +105,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodules(args: argparse.Namespace) -> int:
+    from .nodules import evaluate_nodules, nodules_report
+
+    limit = {} if args.max_candidates is None else {"max_candidates": args.max_candidates}
+    if args.evaluate:
+        result = evaluate_nodules(args.series, annotations=args.annotations, predictions=args.predictions, **limit)
+    else:
+        result = nodules_report(args.series, predictions=args.predictions, **limit)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for c in result.get("candidates", []):
+        x, y, z = c["center_mm"]
+        print(f"#{c['rank']:<3} score {c['score']:.3f}  centre ({x:.1f}, {y:.1f}, {z:.1f}) mm  "
+              f"diameter {c['diameter_mm']:.1f} mm")
+    for key in ("sensitivity_at_fp_per_scan", "cpm", "diameters", "caveat"):
+        if key in result:
+            print(f"{key}: {result[key]}")
+    return 0
+
+
 def cmd_deid(args: argparse.Namespace) -> int:
     from .io.deid import deidentify
 
@@ -246,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--series", metavar="UID", help="the Series Instance UID to describe when a folder holds several")
     i.set_defaults(func=cmd_info)
+
+    no = sub.add_parser("nodules", help="lung nodule candidates in a CT series (classical baseline)")
+    no.add_argument("series", metavar="SERIES_DIR")
+    no.add_argument("--json", action="store_true", help="print one JSON object")
+    no.add_argument("--predictions", metavar="OUT.csv", help="write rank,score,x_mm,y_mm,z_mm,diameter_mm")
+    no.add_argument("--max-candidates", type=int, default=None, help="at most N candidates (default 50)")
+    no.add_argument("--evaluate", action="store_true", help="score against the LIDC readers' XML")
+    no.add_argument("--annotations", metavar="XML", help="LIDC XML (default: annotations.xml beside the series)")
+    no.set_defaults(func=cmd_nodules)
 
     di = sub.add_parser("deid", help="de-identified copy of a DICOM file or folder (PS3.15 Basic Profile)")
     di.add_argument("src", metavar="IN", help="a DICOM file or a folder of them (searched recursively)")
