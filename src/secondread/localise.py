@@ -277,6 +277,8 @@ def localise_dataset(data_dir: str | os.PathLike | None = None, split: str = "al
     """
     from .datasets import minimias  # lazy: the evaluation only
 
+    if top_k < 1:
+        raise SecondreadError(None, "the number of candidates per image must be at least 1")
     find = source or (lambda image: localise_image(image, top=top_k))
     items = minimias.samples(data_dir, split=None if split == "all" else split)
     start = time.perf_counter()

@@ -329,6 +329,8 @@ def find_nodules(image: Image, max_candidates: int = MAX_CANDIDATES, lungs: np.n
         Ranked 1.. by ``score`` (:func:`nodule_score`, higher first; ties by larger volume).
     """
     spacing = _check_volume(image)
+    if max_candidates < 1:
+        raise SecondreadError(None, "the number of candidates must be at least 1")
     hu = image.pixels
     if lungs is None:
         lungs = lung_mask(hu, spacing, source=image.source or None)
