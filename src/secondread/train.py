@@ -144,11 +144,13 @@ DATASETS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    # Width chosen by 3-fold stratified cross-validation on the training split (60 epochs, cosine):
+    # mean held-out AUC 0.837 at width 16, 0.865 at width 32; 90 epochs at width 32 gave 0.858.
     "breastmnist": {
         "name": "breast-us-28", "finding": "malignant", "positive_label": "malignant", "positive_class": 0,
         "labels": {"0": "malignant", "1": "normal or benign"},
         "architecture": "compact_resnet",
-        "arch_args": {"in_channels": 1, "spatial_dims": 2, "width": 16, "blocks": 1, "dropout": 0.2},
+        "arch_args": {"in_channels": 1, "spatial_dims": 2, "width": 32, "blocks": 1, "dropout": 0.2},
         "augmentation": "ultrasound",
         "optim": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 20, "weight_decay": 1e-4,
                   "schedule": "cosine"},
@@ -172,6 +174,8 @@ DATASETS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    # 3D at 28^3 costs ~40x a 2D image per step: a stride-2 stem (features at 14^3, 7^3, 4^3) keeps
+    # an epoch of 1,188 volumes to ~10-20 s on 2 cores; no cross-validation was affordable here.
     "adrenalmnist3d": {
         "name": "adrenal-ct-3d", "finding": "adrenal hyperplasia", "positive_label": "hyperplasia",
         "positive_class": 1, "labels": {"0": "normal", "1": "hyperplasia"},
