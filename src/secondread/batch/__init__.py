@@ -4,7 +4,7 @@ The one entry point for the command line is :func:`run_batch` (then :func:`forma
 See :mod:`secondread.batch.journal` for why a killed batch loses and duplicates nothing.
 """
 
-from .discover import Study, discover
+from .discover import Study
 from .runner import Summary, format_summary, run_batch
 
-__all__ = ["run_batch", "format_summary", "Summary", "discover", "Study"]
+__all__ = ["run_batch", "format_summary", "Summary", "Study"]

@@ -135,9 +135,7 @@ def _worker_main(conn, bundles: dict, scratch: str, close_fds: Sequence[int]) ->
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    import torch
-
-    torch.set_num_threads(1)
+    _after_fork(bundles)
     code = 0
     try:
         while True:
@@ -157,11 +155,26 @@ def _worker_main(conn, bundles: dict, scratch: str, close_fds: Sequence[int]) ->
         os._exit(code)
 
 
+def _after_fork(bundles: dict) -> None:
+    """Make a forked process safe to run the models it inherited.
+
+    Thread pools do not survive ``fork``: the child has only the forking thread. With one torch
+    thread, ATen runs its loops inline instead of entering an OpenMP region of the parent's pool
+    (GNU OpenMP hangs there after a fork). The processes are the parallelism.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class _Worker:
     def __init__(self, ctx, bundles: dict, scratch_root: Path, close_fds: Sequence[int]):
         self.conn, child = ctx.Pipe()
         scratch = tempfile.mkdtemp(prefix="worker-", dir=scratch_root)
-        self.proc = ctx.Process(target=_worker_main, args=(child, bundles, scratch, tuple(close_fds)), daemon=True)
+        # The child must not keep the driver's ends of any pipe (its own or its siblings'): when the
+        # driver dies, the worker's recv() then sees EOF and the worker leaves instead of lingering.
+        fds = (*close_fds, self.conn.fileno())
+        self.proc = ctx.Process(target=_worker_main, args=(child, bundles, scratch, fds), daemon=True)
         self.proc.start()
         child.close()
         self.inflight: deque[Study] = deque()
@@ -177,13 +190,31 @@ class _Worker:
             self.proc.join()
         self.conn.close()
 
+    def results(self) -> Iterator[tuple[Study, list]]:
+        """What the worker has sent so far; sets ``eof`` when its end of the pipe is closed."""
+        while self.inflight and self.conn.poll():
+            try:
+                outcome = self.conn.recv()
+            except (EOFError, OSError):
+                self.eof = True
+                return
+            yield self.inflight.popleft(), outcome
+
+    eof = False
+
 
 def run_pool(studies: Sequence[Study], bundles: dict, scratch: Path, workers: int,
              close_fds: Sequence[int] = ()) -> Iterator[tuple[Study, list]]:
     """Analyse ``studies`` in ``workers`` forked processes; yield each study's outcomes as it ends."""
     ctx = mp.get_context("fork")  # the bundles are loaded once in the driver and shared copy-on-write
     pending = deque(studies)
-    pool = [_Worker(ctx, bundles, scratch, close_fds) for _ in range(workers)]
+    pool: list[_Worker] = []
+
+    def start() -> _Worker:
+        return _Worker(ctx, bundles, scratch, (*close_fds, *(w.conn.fileno() for w in pool if not w.conn.closed)))
+
+    for _ in range(workers):
+        pool.append(start())
     try:
         while pending or any(w.inflight for w in pool):
             for w in pool:
@@ -197,21 +228,19 @@ def run_pool(studies: Sequence[Study], bundles: dict, scratch: Path, workers: in
                     w.inflight.append(study)
             wait([w.conn for w in pool] + [w.proc.sentinel for w in pool])
             for i, w in enumerate(pool):
-                while w.inflight and w.conn.poll():
-                    try:
-                        outcome = w.conn.recv()
-                    except (EOFError, OSError):
-                        break
-                    yield w.inflight.popleft(), outcome
-                if not w.proc.is_alive() and not w.conn.poll():
-                    w.proc.join()
-                    if w.inflight:
-                        study = w.inflight.popleft()  # the one it was analysing when it died
-                        yield study, _crashed(study, bundles, f"the worker process died while analysing this "
-                                                              f"study (exit code {w.proc.exitcode})")
-                        pending.extendleft(reversed(w.inflight))  # queued behind it: sent again
-                    w.conn.close()
-                    pool[i] = _Worker(ctx, bundles, scratch, close_fds)
+                yield from w.results()
+                if not (w.eof or not w.proc.is_alive()):
+                    continue
+                w.proc.join()
+                yield from w.results()  # anything it sent just before it died
+                if w.inflight:
+                    study = w.inflight.popleft()  # the one it was analysing when it died
+                    yield study, _crashed(study, bundles, f"the worker process died while analysing this "
+                                                          f"study (exit code {w.proc.exitcode})")
+                    pending.extendleft(reversed(w.inflight))  # queued behind it: sent again
+                    w.inflight.clear()
+                w.conn.close()
+                pool[i] = start()
     finally:
         for w in pool:
             w.stop()
@@ -231,15 +260,18 @@ def _todo(studies: list[Study], models: Sequence[str], statuses: dict, retry_fai
 
 
 def _load_bundles(models: Sequence[str]) -> dict[str, Any]:
-    from ..models.bundle import load_bundle
-    from ..models.onnx import onnxruntime_available
+    """The bundles, run with PyTorch in every back end.
 
-    # ONNX Runtime for the probability when installed (same graph, less overhead); the torch model
-    # stays loaded in the bundle for Grad-CAM.
-    backend = "auto" if onnxruntime_available() else "torch"
+    Not ONNX Runtime, although it is installed: its sessions and thread pools are not fork-safe
+    (creating a session in a forked worker hung in our tests), and on these networks it saves
+    ~0.5 ms of a study's ~20 ms (py-spy and timing, benchmarks/batch.py). One back end everywhere
+    also means a batch resumed with another ``--workers``/``--ray`` gives bit-identical numbers.
+    """
+    from ..models.bundle import load_bundle
+
     bundles = {}
     for name in models:
-        bundle = load_bundle(name, backend=backend)
+        bundle = load_bundle(name, backend="torch")
         bundles[bundle.name] = bundle
     return bundles
 
