@@ -237,3 +237,18 @@ def test_nodules_command_writes_the_contracted_csv(data_root, tmp_path):
     distance = np.linalg.norm(np.array([float(best[k]) for k in ("x_mm", "y_mm", "z_mm")]) - centre)
     assert distance < float(truth["diameter_mm"]) / 2  # a candidate sits inside the readers' nodule
     assert_one_line_error(run("nodules", data_root / "dicom" / "CT_small.dcm"), "CT_small.dcm")
+
+
+def test_localise_command_writes_the_contracted_csv(data_root, tmp_path):
+    import csv
+    out = tmp_path / "loc.csv"
+    proc = run("localise", "--model", "mammo-blobs", "--data", data_root / "mammography" / "mini-mias",
+               "--split", "val", "--json", "--predictions", out)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert out.read_text().splitlines()[0] == "id,rank,score,x,y,radius"
+    rows = list(csv.DictReader(out.open()))
+    assert all((data_root / "mammography" / "mini-mias" / r["id"]).is_file() for r in rows)
+    assert all(0 <= float(r["x"]) < 1024 and 0 <= float(r["y"]) < 1024 for r in rows)
+    assert 0 <= summary["top3"] <= 1
+    assert_one_line_error(run("localise", "--model", "nope", "--data", data_root), "nope")

@@ -126,6 +126,28 @@ def cmd_nodules(args: argparse.Namespace) -> int:
     return 0
 
 
+# Localisation sources `secondread localise --model` knows today; classifier maps join when their
+# bundles exist (issue 5).
+LOCALISERS = {"mammo-blobs": "classical mass candidates on mini-MIAS (breast mask, CLAHE, blob_log)"}
+
+
+def _data_root_of(path: str) -> str:
+    """Accept the data root or a data set folder inside it (``.../mammography/mini-mias``)."""
+    folder = Path(path)
+    return str(folder.parents[1]) if (folder / "info.csv").is_file() else str(folder)
+
+
+def cmd_localise(args: argparse.Namespace) -> int:
+    from .localise import localise_dataset
+
+    if args.model not in LOCALISERS:
+        raise SecondreadError(None, f"no localisation for model {args.model!r} yet (known: {', '.join(LOCALISERS)})")
+    result = localise_dataset(_data_root_of(args.data), split=args.split, predictions=args.predictions,
+                              top_k=args.top_k)
+    _print_result(result, args.json, ("summary", "seconds"))
+    return 0
+
+
 def cmd_deid(args: argparse.Namespace) -> int:
     from .io.deid import deidentify
 
@@ -276,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--evaluate", action="store_true", help="score against the LIDC readers' XML")
     no.add_argument("--annotations", metavar="XML", help="LIDC XML (default: annotations.xml beside the series)")
     no.set_defaults(func=cmd_nodules)
+
+    lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")
+    lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)})")
+    lo.add_argument("--data", required=True, metavar="PATH", help="data root or the mini-MIAS folder")
+    lo.add_argument("--split", default="all", help="all, train, val or fold<k> (per-woman splits)")
+    lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
+    lo.add_argument("--top-k", type=int, default=10, help="candidates kept per image")
+    lo.add_argument("--json", action="store_true")
+    lo.set_defaults(func=cmd_localise)
 
     di = sub.add_parser("deid", help="de-identified copy of a DICOM file or folder (PS3.15 Basic Profile)")
     di.add_argument("src", metavar="IN", help="a DICOM file or a folder of them (searched recursively)")
