@@ -252,3 +252,20 @@ def test_localise_command_writes_the_contracted_csv(data_root, tmp_path):
     assert all(0 <= float(r["x"]) < 1024 and 0 <= float(r["y"]) < 1024 for r in rows)
     assert 0 <= summary["top3"] <= 1
     assert_one_line_error(run("localise", "--model", "nope", "--data", data_root), "nope")
+
+
+def test_analyze_merges_a_fhir_record_and_flags_a_contradiction(cases, data_root, tmp_path):
+    synthea = data_root / "text" / "fhir-synthea"
+    smoker = next(synthea.glob("Yi_Weissnat_*.json"))  # index.csv: current every day smoker
+    note = tmp_path / "never.txt"
+    note.write_text("Never smoker. Cough for two days.\n")
+    out = tmp_path / "fhir"
+    proc = run("analyze", cases["pneumonia"], "--notes", note, "--record", smoker, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    record = report["record"]
+    assert record["demographics"]["sex"] == "female"
+    assert [c["concept"] for c in record["contradictions"]] == ["smoking"]
+    assert report["suggestion"]["summary"]["source"] == "deterministic"
+    texts = (out / "report.json").read_text() + (out / "report.html").read_text() + proc.stdout + proc.stderr
+    assert "Weissnat" not in texts and "Yi_" not in texts  # the file name carries the patient's name

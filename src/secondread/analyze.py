@@ -17,6 +17,7 @@ from .explain import display_uint8, gradcam, hottest_region, overlay
 from .finding import Finding
 from .image import Image
 from .io import load_image
+from .records.llm import summarise
 from .report import build_report, write_report
 from .suggest import suggest
 
@@ -72,10 +73,13 @@ def image_info(image: Image) -> dict[str, Any]:
 
 
 def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
-                  record: dict[str, Any] | None = None) -> dict[str, Any]:
+                  record: dict[str, Any] | None = None, llm=None) -> dict[str, Any]:
     """Analyse one image file and write its report folder; return the report dict.
 
-    ``record`` is ``RecordFacts.to_dict()`` of the patient's note (or None).
+    ``record`` is the patient's record (``records.merge.load_record``: note and/or FHIR facts,
+    demographics, contradictions) or None. ``llm`` is an optional ``records.llm.LLMConfig``: the
+    summary then comes from the language model if its words pass the guardrail, else from the
+    deterministic template (the report says which).
     """
     image = load_image(path)
     image.check_usable()
@@ -87,6 +91,7 @@ def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
         pictures["overlay.png"] = overlay(image.pixels, heat, finding.region)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
+    suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()
     report = build_report(image_info=image_info(image), findings=[finding.to_dict()], record=record,
                           suggestion=suggestion, model=model_info(bundle))
     write_report(report, out_dir, pictures)

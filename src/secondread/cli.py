@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SecondreadError
+from .finding import format_probability
 
 log = logging.getLogger("secondread")
 
@@ -44,14 +45,20 @@ def _report_dirs(images: list[str], out: Path) -> list[Path]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze_image
     from .models.bundle import load_bundle
-    from .records import extract_from_file
+    from .records.llm import LLMConfig
+    from .records.merge import load_record
 
     bundle = load_bundle(args.model)
-    record = extract_from_file(args.notes).to_dict() if args.notes else None
+    record = load_record(args.notes, args.record)
+    llm = None
+    if args.llm_url or args.llm_model:
+        if not (args.llm_url and args.llm_model):
+            raise SecondreadError(None, "--llm-url and --llm-model go together")
+        llm = LLMConfig(url=args.llm_url, model=args.llm_model, timeout=args.llm_timeout)
     failed = 0
     for path, out_dir in zip(args.images, _report_dirs(args.images, Path(args.out))):
         try:
-            report = analyze_image(path, out_dir, bundle, record)
+            report = analyze_image(path, out_dir, bundle, record, llm=llm)
         except SecondreadError as exc:
             _fail(exc)
             failed += 1
@@ -61,7 +68,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(to_json(report))
         else:
             s = report["suggestion"]
-            print(f"{path}: {s['finding']} p={s['probability']:.3f} "
+            print(f"{path}: {s['finding']} p={format_probability(s['probability'], 3)} "
                   f"{'SUGGESTED' if s['suggested'] else 'not suggested'} -> {out_dir / 'report.html'}")
     if failed:
         print(f"secondread: {failed} of {len(args.images)} image(s) failed; the others were analysed",
@@ -259,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse images (PNG/JPEG/TIFF/PGM/DICOM) and write reports")
     a.add_argument("images", nargs="+", metavar="IMAGE")
     a.add_argument("--notes", metavar="NOTE.txt", help="the patient's free-text note")
+    a.add_argument("--record", metavar="FHIR.json", help="the patient's FHIR R4 bundle (merged with the note)")
+    a.add_argument("--llm-url", metavar="URL", help="optional OpenAI-compatible server on this machine "
+                   "(e.g. http://127.0.0.1:8080) to write the summary; off by default")
+    a.add_argument("--llm-model", metavar="NAME", help="the model name that server expects")
+    a.add_argument("--llm-timeout", type=float, default=30.0, metavar="S", help="seconds before falling back")
     a.add_argument("--model", default="pneumonia", help="bundle path or shipped name (default: pneumonia)")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
