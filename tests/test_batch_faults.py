@@ -139,25 +139,39 @@ def test_a_worker_that_dies_mid_study_costs_that_study_only(inputs, tmp_path, mo
     assert retry.analysed == 2 and {r["source"]: r for r in rows_of(out)}["005.png"]["status"] == "done"
 
 
-def test_disk_full_while_writing_a_report(inputs, tmp_path, monkeypatch):
+def test_disk_full_while_writing_a_report(inputs, reference, tmp_path, monkeypatch):
+    """The disk fills up while a worker writes one study's report (after its first picture): that
+    study fails with a one-line reason, nothing half-written stays, the others are done."""
+    from secondread.report import build
+
     out = tmp_path / "out"
-    victim = next(s for s in discover_mod.discover(inputs).studies if s.source == "007.png")
-    real_write = runner._write_file
+    victim = next(r for r in rows_of(reference[0]) if r["positive"])  # has image, heatmap, overlay
+    real_save = build.save_png
 
-    def full_disk(path, data):
-        if victim.study_id in str(path) and path.name == "report.html":  # after some files were written
+    def full_disk(path, array):
+        if victim["study_id"] in str(path) and Path(path).name == "heatmap.png":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write(path, data)
+        return real_save(path, array)
 
-    monkeypatch.setattr(runner, "_write_file", full_disk)
+    monkeypatch.setattr(build, "save_png", full_disk)  # inherited by the forked workers
     run_batch(inputs, out, workers=2, progress=False)
-    rows = {r["source"]: r for r in rows_of(out)}
-    assert rows["007.png"]["status"] == "failed"
-    assert rows["007.png"]["error"] == "cannot write the report (No space left on device)"
-    assert rows["007.png"]["report"] is None
-    assert not (out / "studies" / victim.study_id).exists() or not any((out / "studies" / victim.study_id).iterdir())
-    assert not any((out / ".staging").iterdir())  # nothing half-written left behind
+    rows = {r["study_id"]: r for r in rows_of(out)}
+    assert rows[victim["study_id"]]["status"] == "failed"
+    assert rows[victim["study_id"]]["error"] == "cannot write the report (No space left on device)"
+    assert rows[victim["study_id"]]["report"] is None
+    assert not (out / "studies" / victim["study_id"]).exists() or not any((out / "studies" / victim["study_id"]).iterdir())
+    assert not (out / ".staging").exists() or not any((out / ".staging").iterdir())  # nothing half-written
     assert sum(r["status"] == "done" for r in rows.values()) == N - 1
+    # Ray's path: the driver writes the files it receives; a full disk there is handled the same way
+    from secondread.batch import work
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(work, "_write_file", full)
+    with pytest.raises(SecondreadError, match="No space left on device"):
+        work.place_files(tmp_path / "ray-out", "abc", "pneumonia", {"report.json": b"{}"})
+    assert not any((tmp_path / "ray-out" / ".staging").iterdir())
 
 
 def test_unreadable_files_and_folders(inputs, tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ class Study:
     series_uid: str | None = None
     member: str | None = None  # npz: "split/index"
     notes: str | None = None
+    fhir: str | None = None
     error: str | None = None
 
 
@@ -57,6 +58,7 @@ class Discovery:
     studies: list[Study] = field(default_factory=list)
     ignored: int = 0  # files that are not images (counted, not studies)
     warnings: list[str] = field(default_factory=list)
+    visited: set = field(default_factory=set, repr=False)  # real paths of walked folders (link loops)
 
 
 def study_id(kind: str, source: str) -> str:
@@ -129,6 +131,10 @@ def _is_regular_or_broken(entry: os.DirEntry) -> bool:
 
 def _walk(root: Path, folder: Path, found: Discovery) -> None:
     rel_folder = folder.relative_to(root).as_posix()
+    real = os.path.realpath(folder)
+    if real in found.visited:  # a symbolic link back up the tree: walked once
+        return
+    found.visited.add(real)
     try:
         entries = _list_dir(folder)
     except OSError as exc:
@@ -142,7 +148,11 @@ def _walk(root: Path, folder: Path, found: Discovery) -> None:
         name = entry.name.lower()
         if name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        try:
+            is_dir = entry.is_dir()  # links to folders are followed (archives are often assembled so)
+        except OSError:
+            is_dir = False
+        if is_dir:
             _walk(root, path, found)
             continue
         if name.endswith(NIFTI_SUFFIXES):
@@ -189,14 +199,13 @@ def _manifest(csv_path: Path) -> Discovery:
             rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SecondreadError(csv_path, f"cannot read the manifest ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
-    if any(r.get("fhir") for r in rows):
-        found.warnings.append("the manifest's fhir column is not read yet (no FHIR reader); notes are")
     seen = set()
     for row in rows:
         if not row.get("path"):
             continue
         path = base / row["path"]
         notes = os.fspath(base / row["notes"]) if row.get("notes") else None
+        fhir = os.fspath(base / row["fhir"]) if row.get("fhir") else None
         source = row["path"]
         if source in seen:
             continue  # one study once, even if listed twice
@@ -204,11 +213,11 @@ def _manifest(csv_path: Path) -> Discovery:
         if path.is_dir():
             sub = Discovery()
             _walk(base, path, sub)
-            found.studies.extend(Study(**{**s.__dict__, "notes": notes}) for s in sub.studies)
+            found.studies.extend(Study(**{**s.__dict__, "notes": notes, "fhir": fhir}) for s in sub.studies)
             found.ignored += sub.ignored
         else:
             kind = "nifti" if path.name.lower().endswith(NIFTI_SUFFIXES) else "image"
-            found.studies.append(_make(kind, source, path, notes=notes))
+            found.studies.append(_make(kind, source, path, notes=notes, fhir=fhir))
     return found
 
 

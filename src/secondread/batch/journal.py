@@ -46,7 +46,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("region", "TEXT", "string"),
     ("error", "TEXT", "string"),
     *((f"t_{s}", "REAL", "float64") for s in STAGES),
-    ("t_write", "REAL", "float64"),
     ("t_total", "REAL", "float64"),
     ("report", "TEXT", "string"),
     ("model_sha256", "TEXT", "string"),

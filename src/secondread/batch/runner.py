@@ -5,8 +5,11 @@ goes to the network (inference ~1 ms, Grad-CAM ~8 ms for a positive), rendering 
 HTML) and reading the file; batching inference across studies would save well under 1 ms of a
 study's ~15-30 ms, while running whole studies side by side uses every core. So the local back end
 is a pool of worker processes that each hold the models once (forked from the driver after the
-bundles are loaded) and analyse whole studies with one thread each; the driver only places report
-folders and writes the journal (see :mod:`secondread.batch.journal`). ``workers=0`` analyses in
+bundles are loaded) and analyse whole studies with one thread each, renaming each report folder
+into place; the driver only hands out studies and writes the journal, one transaction per study
+after its folder is in place (see :mod:`secondread.batch.journal`). A first version had the
+driver write every report folder: with two workers it became the bottleneck (2 workers ran at
+0.66x of 1 in benchmarks/batch.py), so workers write their own, and only Ray sends files back. ``workers=0`` analyses in
 the driver itself (the single-process baseline of ``benchmarks/batch.py``).
 
 A worker that dies mid-study (a decoder crash, the OOM killer) costs that study only: it is
@@ -35,8 +38,7 @@ from . import work
 from .discover import Study, discover
 from .journal import BatchLock, Journal, export_parquet
 
-STUDIES_DIR = "studies"
-STAGING_DIR = ".staging"
+STUDIES_DIR, STAGING_DIR = work.STUDIES_DIR, work.STAGING_DIR
 PREFETCH = 2  # studies queued per worker, so a worker never waits for the driver
 
 
@@ -69,48 +71,13 @@ class Summary:
         return 1 if self.failed else 0
 
 
-# --- the driver writes: report folders ----------------------------------------------------------
-
-def _write_file(path: Path, data: bytes) -> None:
-    """One report file (a seam the fault tests use to simulate a full disk)."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-
-
-def place_report(out: Path, study_id: str, model: str, files: dict[str, bytes]) -> str:
-    """Write a study's report folder beside its place, then rename it into place.
-
-    ``studies/<study_id>/<model>/`` appears whole or not at all; a leftover from a killed run is
-    swapped out and deleted. Returns the folder relative to ``out``.
-    """
-    final = out / STUDIES_DIR / study_id / model
-    staging_root = out / STAGING_DIR
-    tmp = staging_root / f"{study_id}-{model}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
-        for name, data in files.items():
-            _write_file(tmp / name, data)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            old = staging_root / f"old-{tmp.name}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SecondreadError(final.relative_to(out), f"cannot write the report ({exc.strerror or exc})") from None
-    return final.relative_to(out).as_posix()
-
-
 # --- the local back ends ------------------------------------------------------------------------
 
 def _crashed(study: Study, bundles: dict, reason: str) -> list[dict[str, Any]]:
     return [{"row": work._row(study, b, "failed", error=reason), "files": None} for b in bundles.values()]
 
 
-def run_in_process(studies: Sequence[Study], bundles: dict, scratch: Path) -> Iterator[tuple[Study, list]]:
+def run_in_process(studies: Sequence[Study], bundles: dict, scratch: Path, out: Path) -> Iterator[tuple[Study, list]]:
     """Analyse in the driver, with one torch thread like a pool worker: on these small networks,
     intra-op threads cost more in synchronisation than they gain (Grad-CAM ran >10x slower with two
     threads on a busy 2-core machine)."""
@@ -120,12 +87,12 @@ def run_in_process(studies: Sequence[Study], bundles: dict, scratch: Path) -> It
     torch.set_num_threads(1)
     try:
         for study in studies:
-            yield study, work.analyze_study(study, bundles, scratch)
+            yield study, work.analyze_study(study, bundles, scratch, out)
     finally:
         torch.set_num_threads(threads)
 
 
-def _worker_main(conn, bundles: dict, scratch: str, close_fds: Sequence[int]) -> None:
+def _worker_main(conn, bundles: dict, scratch: str, out: str, close_fds: Sequence[int]) -> None:
     """A pool worker: analyse the studies the driver sends, one at a time, until told to stop or
     until the driver is gone (EOF). Leaves with os._exit: the driver's inherited state (journal
     connection, lock) must not be finalised here."""
@@ -145,7 +112,7 @@ def _worker_main(conn, bundles: dict, scratch: str, close_fds: Sequence[int]) ->
                 break
             if study is None:
                 break
-            conn.send(work.analyze_study(study, bundles, scratch))
+            conn.send(work.analyze_study(study, bundles, scratch, out))
     except (BrokenPipeError, OSError):
         pass
     except BaseException:  # noqa: BLE001
@@ -168,13 +135,13 @@ def _after_fork(bundles: dict) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, bundles: dict, scratch_root: Path, close_fds: Sequence[int]):
+    def __init__(self, ctx, bundles: dict, scratch_root: Path, out: Path, close_fds: Sequence[int]):
         self.conn, child = ctx.Pipe()
         scratch = tempfile.mkdtemp(prefix="worker-", dir=scratch_root)
         # The child must not keep the driver's ends of any pipe (its own or its siblings'): when the
         # driver dies, the worker's recv() then sees EOF and the worker leaves instead of lingering.
         fds = (*close_fds, self.conn.fileno())
-        self.proc = ctx.Process(target=_worker_main, args=(child, bundles, scratch, fds), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, bundles, scratch, os.fspath(out), fds), daemon=True)
         self.proc.start()
         child.close()
         self.inflight: deque[Study] = deque()
@@ -203,7 +170,7 @@ class _Worker:
     eof = False
 
 
-def run_pool(studies: Sequence[Study], bundles: dict, scratch: Path, workers: int,
+def run_pool(studies: Sequence[Study], bundles: dict, scratch: Path, out: Path, workers: int,
              close_fds: Sequence[int] = ()) -> Iterator[tuple[Study, list]]:
     """Analyse ``studies`` in ``workers`` forked processes; yield each study's outcomes as it ends."""
     ctx = mp.get_context("fork")  # the bundles are loaded once in the driver and shared copy-on-write
@@ -211,7 +178,7 @@ def run_pool(studies: Sequence[Study], bundles: dict, scratch: Path, workers: in
     pool: list[_Worker] = []
 
     def start() -> _Worker:
-        return _Worker(ctx, bundles, scratch, (*close_fds, *(w.conn.fileno() for w in pool if not w.conn.closed)))
+        return _Worker(ctx, bundles, scratch, out, (*close_fds, *(w.conn.fileno() for w in pool if not w.conn.closed)))
 
     for _ in range(workers):
         pool.append(start())
@@ -344,9 +311,9 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
 
                 results = run_ray(todo, names, bundles, ray_address, max(1, workers))
             elif workers == 0:
-                results = run_in_process(todo, bundles, scratch)
+                results = run_in_process(todo, bundles, scratch, out)
             else:
-                results = run_pool(todo, bundles, scratch, workers, close_fds=(lock.fd,))
+                results = run_pool(todo, bundles, scratch, out, workers, close_fds=(lock.fd,))
             for study, outcomes in results:
                 _commit(out, journal, study, outcomes, stages)
                 summary.analysed += 1
@@ -359,6 +326,7 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
             if bar is not None:
                 bar.close()
             shutil.rmtree(scratch, ignore_errors=True)
+            _clean_staging(out)  # what a worker that died mid-write left
             summary.results = export_parquet(journal, out)
         summary.stage_seconds = dict(stages)
         _tally(summary, found.studies, names, journal)
@@ -368,21 +336,22 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
 
 
 def _commit(out: Path, journal: Journal, study: Study, outcomes: list, stages: Counter) -> None:
-    """Place the study's report folders, then record its rows in one transaction."""
+    """Place the report folders that came as bytes (Ray), then record the study's rows in one
+    transaction: always after its report folders are in place."""
     rows = []
     for outcome in outcomes:
         row = dict(outcome["row"])
         if row["status"] == "done" and outcome.get("files"):
             t = time.perf_counter()
             try:
-                row["report"] = place_report(out, study.study_id, row["model"], outcome["files"])
+                row["report"] = work.place_files(out, study.study_id, row["model"], outcome["files"])
             except SecondreadError as exc:
                 row.update(status="failed", error=exc.problem, probability=None, decision=None,
                            positive=None, region=None)
             row["t_write"] = time.perf_counter() - t
-        stage_times = [row.get(f"t_{s}") or 0.0 for s in (*work.STAGES, "write")]
+        stage_times = [row.get(f"t_{s}") or 0.0 for s in work.STAGES]
         row["t_total"] = sum(stage_times)
-        for s, v in zip((*work.STAGES, "write"), stage_times):
+        for s, v in zip(work.STAGES, stage_times):
             stages[s] += v
         rows.append(row)
     journal.record(rows)

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,11 +29,12 @@ from ..analyze import detect, domain_caveats, image_info, model_info
 from ..errors import SecondreadError
 from ..explain import display_uint8, overlay
 from ..io import load_image
+from ..records.llm import summarise
 from ..report import build_report, write_report
 from ..suggest import suggest
 from .discover import Study
 
-STAGES = ("load", "record", "infer", "explain", "report")
+STAGES = ("load", "record", "infer", "explain", "report", "write")
 
 # Test seam: called with each study in the worker before it is analysed (the fault tests make it
 # call os._exit to kill a worker mid-study). None in normal use.
@@ -135,6 +137,49 @@ def _row(study: Study, bundle, status: str, **values) -> dict[str, Any]:
     return row
 
 
+STUDIES_DIR = "studies"
+STAGING_DIR = ".staging"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """One report file from bytes (a seam the fault tests use to simulate a full disk)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def place(out: Path, study_id: str, model: str, fill: Callable[[Path], Any]) -> str:
+    """Fill a staging folder beside the report's place (``fill(folder)``), then rename it into place.
+
+    ``studies/<study_id>/<model>/`` appears whole or not at all; a leftover of a killed run is
+    swapped out and deleted. Returns the folder relative to ``out``. An OSError (a full disk)
+    becomes a SecondreadError and leaves nothing behind.
+    """
+    final = out / STUDIES_DIR / study_id / model
+    staging_root = out / STAGING_DIR
+    tmp = staging_root / f"{study_id}-{model}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            old = staging_root / f"old-{tmp.name}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except (OSError, SecondreadError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        problem = exc.problem if isinstance(exc, SecondreadError) else f"cannot write the report ({exc.strerror or exc})"
+        raise SecondreadError(final.relative_to(out), problem) from None
+    return final.relative_to(out).as_posix()
+
+
+def place_files(out: Path, study_id: str, model: str, files: dict[str, bytes]) -> str:
+    """:func:`place` for report files that arrive as bytes (from a Ray actor)."""
+    return place(out, study_id, model, lambda folder: [_write_file(folder / n, d) for n, d in files.items()])
+
+
 def _render(report: dict, pictures: dict, scratch: Path) -> dict[str, bytes]:
     """The report folder's files as bytes (written by write_report into a private scratch folder)."""
     folder = Path(tempfile.mkdtemp(dir=scratch))
@@ -145,7 +190,7 @@ def _render(report: dict, pictures: dict, scratch: Path) -> dict[str, bytes]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _analyse_one(image, bundle, record, times: dict, scratch: Path):
+def _analyse_one(study: Study, image, bundle, record, times: dict, scratch: Path, out: Path | None):
     timed = _Timed(bundle)
     t = time.perf_counter()
     finding, heat = detect(image, timed)
@@ -159,17 +204,30 @@ def _analyse_one(image, bundle, record, times: dict, scratch: Path):
         pictures["overlay.png"] = overlay(image.pixels, heat, finding.region)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
+    suggestion["summary"] = summarise(record, [finding.to_dict()], None).to_dict()  # deterministic template
     report = build_report(image_info=image_info(image), findings=[finding.to_dict()], record=record,
                           suggestion=suggestion, model=model_info(bundle))
-    files = _render(report, pictures, scratch)
-    times["report"] = time.perf_counter() - t
     decision = bundle.decide(finding.probability)
-    return {"probability": float(finding.probability), "decision": decision["operating_point"] or "none",
-            "positive": bool(decision["positive"]), "region": region_summary(finding.region)}, files
+    values = {"probability": float(finding.probability), "decision": decision["operating_point"] or "none",
+              "positive": bool(decision["positive"]), "region": region_summary(finding.region)}
+    if out is None:  # Ray: the files travel to the driver, which writes them
+        files = _render(report, pictures, scratch)
+        times["report"] = time.perf_counter() - t
+        return values, files
+    times["report"] = time.perf_counter() - t
+    t = time.perf_counter()
+    values["report"] = place(out, study.study_id, bundle.name, lambda folder: write_report(report, folder, pictures))
+    times["write"] = time.perf_counter() - t
+    return values, None
 
 
-def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathLike) -> list[dict[str, Any]]:
+def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathLike,
+                  out: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Analyse one study with every bundle; one outcome per model: ``{"row": ..., "files": ...}``.
+
+    With ``out``, each report folder is written into place under ``out`` (local back ends: the
+    rename is atomic, and the driver records the journal entry only after it); without, the
+    files come back as bytes for the driver to place (Ray, whose workers may not see ``out``).
 
     Never raises for a bad study: a SecondreadError (or any other exception, reported by its
     type only, so no header text can leak) becomes a ``failed`` row with a one-line reason.
@@ -184,11 +242,11 @@ def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathL
         image.check_usable()
         times["load"] = time.perf_counter() - t
         record = None
-        if study.notes:
-            from ..records import extract_from_file
+        if study.notes or study.fhir:
+            from ..records.merge import load_record
 
             t = time.perf_counter()
-            record = extract_from_file(study.notes).to_dict()
+            record = load_record(study.notes, study.fhir)
             times["record"] = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 - every failure of one study is that study's, never the batch's
         reason = exc.problem if isinstance(exc, SecondreadError) else f"cannot read the study ({type(exc).__name__})"
@@ -204,7 +262,7 @@ def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathL
                                          **{f"t_{k}": v for k, v in per.items()}), "files": None})
             continue
         try:
-            values, files = _analyse_one(image, bundle, record, per, scratch)
+            values, files = _analyse_one(study, image, bundle, record, per, scratch, None if out is None else Path(out))
         except Exception as exc:  # noqa: BLE001
             reason = exc.problem if isinstance(exc, SecondreadError) else f"analysis failed ({type(exc).__name__})"
             outcomes.append({"row": _row(study, bundle, "failed", error=reason,
