@@ -142,18 +142,16 @@ def test_a_worker_that_dies_mid_study_costs_that_study_only(inputs, tmp_path, mo
 def test_disk_full_while_writing_a_report(inputs, reference, tmp_path, monkeypatch):
     """The disk fills up while a worker writes one study's report (after its first picture): that
     study fails with a one-line reason, nothing half-written stays, the others are done."""
-    from secondread.report import build
-
     out = tmp_path / "out"
     victim = next(r for r in rows_of(reference[0]) if r["positive"])  # has image, heatmap, overlay
-    real_save = build.save_png
+    real_save = work.save_png
 
     def full_disk(path, array):
         if victim["study_id"] in str(path) and Path(path).name == "heatmap.png":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(path, array)
 
-    monkeypatch.setattr(build, "save_png", full_disk)  # inherited by the forked workers
+    monkeypatch.setattr(work, "save_png", full_disk)  # inherited by the forked workers
     run_batch(inputs, out, workers=2, progress=False)
     rows = {r["study_id"]: r for r in rows_of(out)}
     assert rows[victim["study_id"]]["status"] == "failed"
@@ -163,8 +161,6 @@ def test_disk_full_while_writing_a_report(inputs, reference, tmp_path, monkeypat
     assert not (out / ".staging").exists() or not any((out / ".staging").iterdir())  # nothing half-written
     assert sum(r["status"] == "done" for r in rows.values()) == N - 1
     # Ray's path: the driver writes the files it receives; a full disk there is handled the same way
-    from secondread.batch import work
-
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
