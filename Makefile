@@ -28,8 +28,8 @@ test: $(STAMP)
 ZOO := src/secondread/models/zoo
 models: $(STAMP)
 	$(VENV)/bin/secondread train --dataset pneumoniamnist --out $(ZOO)/pneumonia
-	$(PY) -c "from secondread.train import train_bundle; train_bundle('breastmnist', '$(ZOO)/breast-us-28')"
-	$(PY) -c "from secondread.train import train_bundle; train_bundle('adrenalmnist3d', '$(ZOO)/adrenal-ct-3d')"
+	$(VENV)/bin/secondread train --dataset breastmnist --out $(ZOO)/breast-us-28
+	$(VENV)/bin/secondread train --dataset adrenalmnist3d --out $(ZOO)/adrenal-ct-3d
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

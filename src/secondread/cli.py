@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, choices=TRAINABLE)
     t.add_argument("--out", required=True, metavar="DIR")
     t.add_argument("--data", metavar="PATH", help="data folder (default: $SECONDREAD_DATA or ../shared/data)")
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--epochs", type=int, default=None, help="default: the task's own setting")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of N training images (quick runs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
