@@ -269,3 +269,19 @@ def test_analyze_merges_a_fhir_record_and_flags_a_contradiction(cases, data_root
     assert report["suggestion"]["summary"]["source"] == "deterministic"
     texts = (out / "report.json").read_text() + (out / "report.html").read_text() + proc.stdout + proc.stderr
     assert "Weissnat" not in texts and "Yi_" not in texts  # the file name carries the patient's name
+
+
+def test_a_3d_model_analyses_a_nifti_volume(data_root, tmp_path):
+    import nibabel as nib
+    with np.load(data_root / "medmnist" / "adrenalmnist3d.npz") as npz:
+        volume = npz["val_images"][0].astype(np.float32)
+    path = tmp_path / "adrenal.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    out = tmp_path / "adrenal"
+    proc = run("analyze", path, "--model", "adrenal-ct-3d", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["shape"] == [28, 28, 28] and report["findings"][0]["label"] == "adrenal hyperplasia"
+    assert np.asarray(PILImage.open(out / "image.png")).shape == (28, 28)
+    assert_one_line_error(run("analyze", data_root / "dicom" / "CT_small.dcm", "--model", "adrenal-ct-3d",
+                              "--out", tmp_path / "x"), "CT_small.dcm")

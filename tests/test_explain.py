@@ -56,3 +56,14 @@ def test_overlay_draws_the_box_and_keeps_the_size():
     assert out.shape == (30, 40, 3) and out.dtype == np.uint8
     assert tuple(out[10, 15]) == (0, 255, 0)  # top edge of the box
     assert out[0, 39, 0] == out[0, 39, 1] == out[0, 39, 2] == 255  # untouched grey where the map is cold
+
+
+def test_hottest_region_in_3d_reports_slices_and_volume():
+    heat = np.zeros((6, 8, 10), np.float32)
+    heat[2:4, 1:5, 3:9] = 0.7
+    heat[3, 2, 4] = 1.0
+    region = explain.hottest_region(heat, spacing=(2.0, 0.5, 0.5))
+    assert (region["z_min"], region["z_max"], region["y_min"], region["y_max"], region["x_min"], region["x_max"]) \
+        == (2, 4, 1, 5, 3, 9)
+    assert region["peak"] == {"x": 4, "y": 2, "z": 3}
+    assert region["area_px"] == 48 and region["volume_mm3"] == 48 * 0.5

@@ -21,26 +21,31 @@ from .records.llm import summarise
 from .report import build_report, write_report
 from .suggest import suggest
 
-# Modalities a chest radiograph model may be shown; others get a stated caveat, not a refusal.
-XRAY_MODALITIES = {"CR", "DX", "DR", "OT", "RG", ""}
-
-
 def domain_caveats(image: Image, bundle) -> list[str]:
-    """Reasons this image differs from what the model was trained on, stated in the report."""
+    """Reasons this image differs from what the model was trained on, stated in the report.
+
+    A modality outside the bundle's ``modalities`` (``OT``: a plain picture, whose modality is
+    unknown, is always allowed) is a caveat, not a refusal: the reader decides.
+    """
     caveats = []
-    if image.modality.upper() not in XRAY_MODALITIES:
-        caveats.append(f"the model was trained on chest radiographs; this image's modality is {image.modality}")
+    expected = bundle.config.get("modalities") or []
+    if expected and image.modality.upper() not in expected + ["OT", ""]:
+        named = [m for m in expected if m != "OT"] or expected
+        caveats.append(f"the model was trained on {'/'.join(named)} images; "
+                       f"this image's modality is {image.modality}")
     trained = tuple(bundle.config.get("input_shape", ()))
     if trained and min(image.shape) > 4 * max(trained):
-        caveats.append(f"the image ({image.shape[0]} × {image.shape[1]} px) was reduced to the model's "
-                       f"{trained[0]} × {trained[1]} px; fine detail is not seen")
+        caveats.append(f"the image ({' × '.join(map(str, image.shape))}) was reduced to the model's "
+                       f"{' × '.join(map(str, trained))}; fine detail is not seen")
     return caveats
 
 
 def detect(image: Image, bundle) -> tuple[Finding, np.ndarray | None]:
     """Run the bundle on one 2D image; for a finding that crosses any operating point, add Grad-CAM."""
-    if image.pixels.ndim != 2:
-        raise SecondreadError(image.source, f"this model reads 2D images; got a volume of shape {image.shape}")
+    dims = len(bundle.config.get("input_shape", (0, 0)))
+    if image.pixels.ndim != dims:
+        kind = "volumes" if dims == 3 else "2D images"
+        raise SecondreadError(image.source, f"model '{bundle.name}' reads {kind}; this input has shape {image.shape}")
     prob = float(bundle.predict_proba([image.pixels])[0])
     points = {name: {"threshold": float(op["threshold"]), "crossed": prob >= float(op["threshold"])}
               for name, op in bundle.operating_points.items()}
@@ -52,8 +57,18 @@ def detect(image: Image, bundle) -> tuple[Finding, np.ndarray | None]:
     heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape)
     finding.region = hottest_region(heat, image.spacing)
     if finding.region:
-        finding.measurements = {k: finding.region[k] for k in ("area_px", "area_mm2") if k in finding.region}
+        finding.measurements = {k: finding.region[k] for k in ("area_px", "area_mm2", "volume_mm3")
+                                if k in finding.region}
     return finding, heat
+
+
+def _display_plane(pixels: np.ndarray, region: dict | None) -> tuple:
+    """Index of what the report shows: the image itself, or for a volume the slice through the
+    map's peak (the middle slice when there is no map)."""
+    if pixels.ndim == 2:
+        return (slice(None), slice(None))
+    z = region["peak"]["z"] if region else pixels.shape[0] // 2
+    return (z, slice(None), slice(None))
 
 
 def model_info(bundle) -> dict[str, Any]:
@@ -84,11 +99,12 @@ def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
     image = load_image(path)
     image.check_usable()
     finding, heat = detect(image, bundle)
-    pictures = {"image.png": display_uint8(image.pixels)}
+    plane = _display_plane(image.pixels, finding.region)
+    pictures = {"image.png": display_uint8(image.pixels[plane])}
     if heat is not None:
         finding.heatmap, finding.overlay = "heatmap.png", "overlay.png"
-        pictures["heatmap.png"] = np.round(heat * 255).astype(np.uint8)
-        pictures["overlay.png"] = overlay(image.pixels, heat, finding.region)
+        pictures["heatmap.png"] = np.round(heat[plane] * 255).astype(np.uint8)
+        pictures["overlay.png"] = overlay(image.pixels[plane], heat[plane], finding.region)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
     suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()

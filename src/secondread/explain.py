@@ -41,7 +41,7 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
     layer : str
         Name (as in ``model.named_modules()``) of the convolutional layer to explain.
     batch : torch.Tensor
-        One preprocessed image, shape ``[1, C, H, W]``.
+        One preprocessed image, shape ``[1, C, *spatial]`` (2D or 3D).
     out_shape : tuple of int
         Shape of the original image, so the map lies over the pixels the user sees.
 
@@ -64,21 +64,26 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
 def hottest_region(heat: np.ndarray, spacing: tuple[float, ...] | None = None, level: float = 0.5) -> dict | None:
     """The connected region around the map's peak where the map is at least ``level`` x its peak.
 
-    Returns a dict in image pixel coordinates (``x`` = column, ``y`` = row; ``x_max``/``y_max``
-    exclusive), the peak point, the region's area in pixels and, when ``spacing`` is known, in mm².
-    ``None`` when the map is empty.
+    Works on 2D maps ``[rows, cols]`` and 3D maps ``[slices, rows, cols]``. Returns a dict in image
+    voxel coordinates (``x`` = column, ``y`` = row, ``z`` = slice; the ``*_max`` ends exclusive),
+    the peak point, the region's size in pixels and, when ``spacing`` is known, in mm² (2D) or
+    mm³ (3D). ``None`` when the map is empty.
     """
     if heat.max() <= 0:
         return None
-    peak_row, peak_col = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    labels = measure.label(heat >= level * float(heat.max()), connectivity=2)
-    region = next(r for r in measure.regionprops(labels) if r.label == labels[peak_row, peak_col])
-    r0, c0, r1, c1 = region.bbox
-    out = {"x_min": int(c0), "y_min": int(r0), "x_max": int(c1), "y_max": int(r1),
-           "peak": {"x": int(peak_col), "y": int(peak_row)}, "area_px": int(region.area),
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    labels = measure.label(heat >= level * float(heat.max()), connectivity=heat.ndim)
+    region = next(r for r in measure.regionprops(labels) if r.label == labels[peak])
+    lo, hi = region.bbox[:heat.ndim], region.bbox[heat.ndim:]
+    out = {"x_min": int(lo[-1]), "y_min": int(lo[-2]), "x_max": int(hi[-1]), "y_max": int(hi[-2]),
+           "peak": {"x": int(peak[-1]), "y": int(peak[-2])}, "area_px": int(region.area),
            "level": level, "source": "grad-cam"}
+    if heat.ndim == 3:
+        out.update(z_min=int(lo[0]), z_max=int(hi[0]))
+        out["peak"]["z"] = int(peak[0])
     if spacing is not None:
-        out["area_mm2"] = round(float(region.area * spacing[0] * spacing[1]), 2)
+        key = "volume_mm3" if heat.ndim == 3 else "area_mm2"
+        out[key] = round(float(region.area * np.prod(spacing)), 2)
     return out
 
 

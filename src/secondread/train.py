@@ -119,6 +119,7 @@ AUGMENTATIONS: dict[str, tuple[Callable, str]] = {
 DATASETS: dict[str, dict[str, Any]] = {
     "pneumoniamnist": {
         "name": "pneumonia", "finding": "pneumonia", "positive_label": "pneumonia", "positive_class": 1,
+        "modalities": ["CR", "DX", "DR", "RG", "OT"],
         "labels": {"0": "normal", "1": "pneumonia"},
         "architecture": "seed_cnn", "arch_args": {"in_channels": 1, "input_size": 28, "hidden": 512},
         "augmentation": "chest_xray",
@@ -148,6 +149,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     # mean held-out AUC 0.837 at width 16, 0.865 at width 32; 90 epochs at width 32 gave 0.858.
     "breastmnist": {
         "name": "breast-us-28", "finding": "malignant", "positive_label": "malignant", "positive_class": 0,
+        "modalities": ["US", "OT"],
         "labels": {"0": "malignant", "1": "normal or benign"},
         "architecture": "compact_resnet",
         "arch_args": {"in_channels": 1, "spatial_dims": 2, "width": 32, "blocks": 1, "dropout": 0.2},
@@ -178,6 +180,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     # an epoch of 1,188 volumes to ~10-20 s on 2 cores; no cross-validation was affordable here.
     "adrenalmnist3d": {
         "name": "adrenal-ct-3d", "finding": "adrenal hyperplasia", "positive_label": "hyperplasia",
+        "modalities": ["CT", "OT"],
         "positive_class": 1, "labels": {"0": "normal", "1": "hyperplasia"},
         "architecture": "compact_resnet",
         "arch_args": {"in_channels": 1, "spatial_dims": 3, "width": 16, "blocks": 1, "dropout": 0.2,
@@ -362,7 +365,8 @@ def train_bundle(dataset: str = "pneumoniamnist", out: str | os.PathLike = "bund
         "name": info["name"], "version": today.replace("-", "."), "created": today,
         "architecture": info["architecture"], "arch_args": args, "input_shape": list(x_tr.shape[2:]),
         "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
-        "positive_class": int(info["positive_class"]), "finding": info["finding"], **summary,
+        "positive_class": int(info["positive_class"]), "finding": info["finding"],
+        "modalities": info["modalities"], **summary,
         "training": {"dataset": dataset, "split_used": "train", "n_train": int(len(x_tr)),
                      "n_val": int(len(x_val)), "limit": limit, "epochs_max": opt["epochs"],
                      "epochs_run": len(history), "best_epoch": best["epoch"], "patience": opt["patience"],
