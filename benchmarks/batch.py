@@ -1,6 +1,6 @@
 """How fast a batch runs: one process vs a pool of workers vs Ray, on real data.
 
-Run:  .venv/bin/python benchmarks/batch.py [--data PATH] [--skip-ray] [--sets png,dicom]
+Run:  .venv/bin/python benchmarks/batch.py [--data PATH] [--repeats 3] [--skip-ray] [--sets png,dicom]
 
 Inputs (written to a temporary folder, never into the repository):
   png    the PneumoniaMNIST validation split as 524 PNG files (the pneumonia bundle's own data type);
@@ -20,7 +20,9 @@ journal, results.parquet). Peak RSS sums the resident memory of the process and 
 (workers, and for Ray its GCS, raylet and worker processes), sampled every 20 ms. Per-stage time is
 summed over workers. A last run (2 workers on the first quarter of the PNGs) shows that memory does
 not grow with the number of studies. The machine's load average is printed: on a shared machine
-the figures move with the neighbours' work.
+the figures move with the neighbours' work, so each configuration runs ``--repeats`` times,
+interleaved (round-robin over the configurations, so a busy spell hits them all alike), and the
+table shows the median run (by studies/s) with the min-max range of studies/s.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("SECONDREAD_DATA") or REPO.parent / "shared" / "data")
     parser.add_argument("--sets", default="png,dicom")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -146,29 +149,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         inputs = write_inputs(Path(args.data), Path(tmp), sets)
         header = (f"{'input':<8}{'configuration':<14}{'studies':>8}{'done/skip/fail':>16}{'seconds':>9}"
-                  f"{'studies/s':>11}{'speed-up':>10}{'start-up s':>12}{'peak RSS MB':>13}   time per stage")
+                  f"{'studies/s':>11}{'range':>11}{'speed-up':>10}{'start-up s':>12}{'peak RSS MB':>13}   time per stage")
         print(header)
         print("-" * len(header))
         for name in [s for s in sets if s in inputs]:
-            base = None
-            for label, (workers, ray) in CONFIGS.items():
-                if ray and args.skip_ray:
-                    continue
-                r = run_config(inputs[name], workers, ray)
-                rate = r["analysed"] / r["seconds"]
-                if label == "1 worker":
-                    base = rate
+            configs = {k: v for k, v in CONFIGS.items() if not (v[1] and args.skip_ray)}
+            runs: dict[str, list[dict]] = {k: [] for k in configs}
+            for _ in range(args.repeats):
+                for label, (workers, ray) in configs.items():
+                    r = run_config(inputs[name], workers, ray)
+                    r["rate"] = r["analysed"] / r["seconds"]
+                    runs[label].append(r)
+            medians = {k: sorted(v, key=lambda r: r["rate"])[len(v) // 2] for k, v in runs.items()}
+            base = medians["1 worker"]["rate"]
+            for label, r in medians.items():
+                rates = [x["rate"] for x in runs[label]]
                 total = sum(r["stages"].values()) or 1.0
                 stages = ", ".join(f"{k} {v / total:.0%}" for k, v in r["stages"].items() if v / total >= 0.005)
                 counts = f"{r['rows'].get('done', 0)}/{r['rows'].get('skipped', 0)}/{r['rows'].get('failed', 0)}"
-                speedup = f"{rate / base:.2f}x" if base else "-"
-                print(f"{name:<8}{label:<14}{r['studies']:>8}{counts:>16}{r['seconds']:>9.1f}{rate:>11.1f}"
-                      f"{speedup:>10}{r['startup']:>12.1f}{r['peak_rss_mb']:>13.0f}   {stages}", flush=True)
+                spread = f"{min(rates):.0f}-{max(rates):.0f}"
+                print(f"{name:<8}{label:<14}{r['studies']:>8}{counts:>16}{r['seconds']:>9.1f}{r['rate']:>11.1f}"
+                      f"{spread:>11}{r['rate'] / base:>9.2f}x{r['startup']:>12.1f}"
+                      f"{max(x['peak_rss_mb'] for x in runs[label]):>13.0f}   {stages}", flush=True)
         if "png-quarter" in inputs:
             r = run_config(inputs["png-quarter"], 2, None)
             print(f"memory vs number of studies (2 workers): {r['studies']} studies -> peak RSS "
                   f"{r['peak_rss_mb']:.0f} MB (the full set's figure is in the table above)")
-    print("speed-up: studies/s over the '1 worker' row of the same input; start-up: ray.init() only")
+    print("median of --repeats runs; speed-up: median studies/s over the '1 worker' row of the same input; "
+          "range: min-max studies/s; start-up: ray.init() only; peak RSS: the largest of the runs")
     print(f"load average after {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
