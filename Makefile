@@ -8,7 +8,7 @@ export SECONDREAD_DATA ?= $(abspath ../shared/data)
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 
-.PHONY: demo test models venv clean
+.PHONY: demo test test-llm models venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The language-model tests against a real llama.cpp server: builds llama-cpp-python from source
+# (about 10 minutes on 2 cores, cached by pip afterwards), so it is not part of `make test`, where
+# those three tests skip and a scripted OpenAI-compatible server covers the same behaviour.
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_OPENMP=OFF
+test-llm: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install --quiet $(PIP_FLAGS) -c constraints.txt -e '.[test,llm-test]'
+	$(PY) -m pytest -q tests/test_llm.py
 
 # Rebuilds the shipped model bundles from ../shared/data (training split only, fixed seeds).
 ZOO := src/secondread/models/zoo
