@@ -26,7 +26,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -102,6 +101,7 @@ def _worker_main(conn, bundles: dict, scratch: str, out: str, close_fds: Sequenc
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    work.DRIVER_PID = os.getppid()
     _after_fork(bundles)
     code = 0
     try:
@@ -304,12 +304,13 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
         bar = _progress(len(todo), progress)
         stages: Counter = Counter()
         failed_now = 0
+        results = None
         start = time.perf_counter()
         try:
             if ray_address:
                 from .ray_backend import run_ray
 
-                results = run_ray(todo, names, bundles, ray_address, max(1, workers))
+                results = run_ray(todo, models, bundles, ray_address, max(1, workers))
             elif workers == 0:
                 results = run_in_process(todo, bundles, scratch, out)
             else:
@@ -322,6 +323,8 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
                     bar.set_postfix(failed=failed_now, refresh=False)
                     bar.update(1)
         finally:
+            if results is not None:
+                results.close()  # stops the workers / Ray actors now, also on Ctrl-C
             summary.seconds = time.perf_counter() - start
             if bar is not None:
                 bar.close()

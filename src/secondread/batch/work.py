@@ -13,6 +13,7 @@ checks that the report is the one ``analyze_image`` writes.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -139,6 +140,10 @@ def _row(study: Study, bundle, status: str, **values) -> dict[str, Any]:
     return row
 
 
+# Set in a pool worker to its driver's pid: a worker orphaned by a killed driver must not place a
+# report while the next run may be placing the same study.
+DRIVER_PID: int | None = None
+
 STUDIES_DIR = "studies"
 STAGING_DIR = ".staging"
 
@@ -162,19 +167,35 @@ def place(out: Path, study_id: str, model: str, fill: Callable[[Path], Any]) -> 
     try:
         tmp.mkdir(parents=True)
         fill(tmp)
+        if DRIVER_PID is not None and os.getppid() != DRIVER_PID:
+            raise SecondreadError(final, "the batch driver is gone; not placing the report")
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            old = staging_root / f"old-{tmp.name}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        _swap_in(tmp, final, staging_root)
     except (OSError, SecondreadError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         problem = exc.problem if isinstance(exc, SecondreadError) else f"cannot write the report ({exc.strerror or exc})"
         raise SecondreadError(final.relative_to(out), problem) from None
     return final.relative_to(out).as_posix()
+
+
+def _swap_in(tmp: Path, final: Path, staging_root: Path) -> None:
+    """Rename ``tmp`` to ``final``, moving an existing ``final`` aside first. Retried when another
+    process placed the same study in between (a worker of a killed run finishing its last study):
+    every candidate is a complete folder, so whichever lands last is a whole report."""
+    for attempt in range(5):
+        old = staging_root / f"old-{tmp.name}-{attempt}"
+        try:
+            final.rename(old)
+        except FileNotFoundError:
+            pass
+        try:
+            tmp.rename(final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def place_files(out: Path, study_id: str, model: str, files: dict[str, bytes]) -> str:
