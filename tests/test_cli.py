@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -285,3 +286,20 @@ def test_a_3d_model_analyses_a_nifti_volume(data_root, tmp_path):
     assert np.asarray(PILImage.open(out / "image.png")).shape == (28, 28)
     assert_one_line_error(run("analyze", data_root / "dicom" / "CT_small.dcm", "--model", "adrenal-ct-3d",
                               "--out", tmp_path / "x"), "CT_small.dcm")
+
+
+def test_batch_command_resumes_and_reports_failures(cases, tmp_path):
+    import pyarrow.parquet as pq
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(cases["pneumonia"], folder / "a.png")
+    shutil.copy(cases["normal"], folder / "b.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "batch"
+    first = run("batch", folder, "--out", out, "--workers", "0", "--quiet")
+    assert first.returncode == 1 and "Traceback" not in first.stderr and "broken.png" in first.stdout
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["status"] for r in table) == ["done", "done", "failed"]
+    again = run("batch", folder, "--out", out, "--workers", "0", "--quiet")
+    assert "0 analysed now" in again.stdout
+    assert pq.read_table(out / "results.parquet").num_rows == 3

@@ -133,6 +133,16 @@ def cmd_nodules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch.runner import format_summary, run_batch
+
+    ray_address = None if args.ray is None else (args.ray or "local")
+    summary = run_batch(args.input, args.out, models=args.model or ["pneumonia"], workers=args.workers,
+                        retry_failed=args.retry_failed, ray_address=ray_address, progress=not args.quiet)
+    print(format_summary(summary))
+    return summary.exit_code
+
+
 # Localisation sources `secondread localise --model` knows today; classifier maps join when their
 # bundles exist (issue 5).
 LOCALISERS = {"mammo-blobs": "classical mass candidates on mini-MIAS (breast mask, CLAHE, blob_log)"}
@@ -310,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--evaluate", action="store_true", help="score against the LIDC readers' XML")
     no.add_argument("--annotations", metavar="XML", help="LIDC XML (default: annotations.xml beside the series)")
     no.set_defaults(func=cmd_nodules)
+
+    b = sub.add_parser("batch", help="analyse a whole folder, manifest or data set; resumable, exactly once")
+    b.add_argument("input", metavar="INPUT", help="a folder, a CSV manifest (path[,notes][,fhir]) or a data set folder")
+    b.add_argument("--out", required=True, metavar="DIR", help="report folders, journal.sqlite, results.parquet")
+    b.add_argument("--model", action="append", metavar="NAME", help="bundle name or path (repeatable; default pneumonia)")
+    b.add_argument("--workers", type=int, default=1, help="worker processes (0 = in this process)")
+    b.add_argument("--retry-failed", action="store_true", help="analyse again the studies that failed before")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray: a cluster address, or none to start a local instance")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_batch)
 
     lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")
     lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)})")
