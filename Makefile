@@ -38,6 +38,7 @@ models: $(STAMP)
 	$(VENV)/bin/secondread train --dataset pneumoniamnist --out $(ZOO)/pneumonia
 	$(VENV)/bin/secondread train --dataset breastmnist --out $(ZOO)/breast-us-28
 	$(VENV)/bin/secondread train --dataset adrenalmnist3d --out $(ZOO)/adrenal-ct-3d
+	$(VENV)/bin/secondread train --dataset lgg --out $(ZOO)/brain-mri-tumour
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -248,6 +248,44 @@ def _split_metrics(bundle, y, probs) -> dict[str, Any]:
     return out
 
 
+def _folder_root(bundle, path: Path) -> tuple[str, Path]:
+    """The training data set of a folder-trained ``bundle`` and the data root holding it, for
+    ``path`` = the data set's own folder (``.../mri/lgg``) or the data root (``.../data``)."""
+    from importlib import import_module
+
+    from .train import DATASETS
+
+    dataset = str(bundle.config.get("training", {}).get("dataset", ""))
+    if DATASETS.get(dataset, {}).get("kind") != "folder":
+        raise SecondreadError(path, f"model {bundle.name!r} was not trained on a folder data set; give an .npz file")
+    relative = Path(import_module(f".datasets.{DATASETS[dataset]['loader']}", __package__).FOLDER)
+    if (path / relative).is_dir():
+        return dataset, path
+    parts = len(relative.parts)
+    if path.resolve().parts[-parts:] == relative.parts:
+        return dataset, path.resolve().parents[parts - 1]
+    raise SecondreadError(path, f"not the {dataset!r} data set folder ({relative}) nor a data root holding it")
+
+
+def _evaluate_folder(bundle, path: Path, split: str):
+    """``(ids, labels, probabilities, splits)`` of a folder data set: ``split`` is a saved per-patient
+    split (``train``/``val``) or ``all``; ids are image paths relative to ``path``."""
+    from .train import folder_samples
+
+    if split == "test":
+        raise SecondreadError(path, "the test patients of folder data sets are withheld (use train, val or all)")
+    dataset, root = _folder_root(bundle, path)
+    samples = folder_samples(dataset, root, None if split == "all" else split)
+    if not samples:
+        raise SecondreadError(path, f"no images in the {split!r} split")
+    base = path.resolve()
+    ids = [Path(s.source).resolve().relative_to(base).as_posix() for s in samples]
+    y = np.array([int(s.label == bundle.positive_class) for s in samples], dtype=np.int64)
+    probs = np.concatenate([bundle.predict_proba([s.image.pixels for s in samples[i:i + 256]])
+                            for i in range(0, len(samples), 256)])
+    return ids, y, probs
+
+
 def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: str = "val",
                     predictions: str | os.PathLike | None = None, plots_dir: str | os.PathLike | None = None,
                     data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -264,6 +302,11 @@ def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: st
     describe. ``predictions`` writes the CSV ``id,label,probability``: ``id`` is the index within
     the split, or ``<split>/<index>`` (e.g. ``val/12``) for ``split="all"``. ``plots_dir`` writes
     ``roc.png`` and ``confusion.png`` there.
+
+    A *folder* ``data`` (a data set folder laid out as in ``../shared/data``, e.g. ``.../mri/lgg``, or
+    the data root holding it) is read through the loader of the data set the bundle was trained on,
+    with its saved per-patient ``split`` (``all`` = every image found); prediction ids are then the
+    image files' paths relative to ``data`` (for LGG the ``*_flair.png``).
     """
     from .models.bundle import load_bundle
 
@@ -271,6 +314,8 @@ def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: st
     path = locate(data, data_dir)
     if split not in (*medmnist.SPLITS, "all"):
         raise SecondreadError(None, f"unknown split {split!r} (train, val, test, all)")
+    if path.is_dir():
+        return _finish(bundle, path, split, *_evaluate_folder(bundle, path, split), predictions, plots_dir)
     splits = _splits_in(path) if split == "all" and path.is_file() else [split]
     if not splits:
         raise SecondreadError(path, "no split (train/val/test images and labels) in this file")
@@ -296,6 +341,22 @@ def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: st
     if split == "all":
         out["splits"] = per_split
         out["split_sizes"] = {name: int(len(v)) for name, v in zip(splits, ys)}
+    if predictions is not None:
+        write_predictions(predictions, y, probs, ids)
+        out["predictions"] = str(predictions)
+    if plots_dir is not None:
+        out["plots"] = write_plots(plots_dir, y, probs, bundle.threshold, out["operating_points"],
+                                   f"{bundle.name} on {path.name} ({split}, n={len(y)})", bundle.finding)
+    return out
+
+
+def _finish(bundle, path: Path, split: str, ids, y, probs, predictions, plots_dir) -> dict[str, Any]:
+    """Figures, predictions CSV and plots of a folder evaluation (one pooled set of images)."""
+    if len(np.unique(y)) != 2:
+        raise SecondreadError(path, f"the {split!r} split must contain both classes to compute an AUC")
+    out = _split_metrics(bundle, y, probs)
+    out.update(model={"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
+               finding=bundle.finding, positive_class=bundle.positive_class, data=path.name, split=split)
     if predictions is not None:
         write_predictions(predictions, y, probs, ids)
         out["predictions"] = str(predictions)
