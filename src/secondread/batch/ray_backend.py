@@ -36,7 +36,7 @@ class StudyActor:
 
         torch.set_num_threads(1)
         self.bundles = _load_bundles(models)
-        self.scratch = tempfile.mkdtemp(prefix="secondread-ray-")
+        self.scratch = tempfile.gettempdir()  # each study renders into its own folder, removed after
 
     def analyze(self, study: Study) -> list[dict[str, Any]]:
         return work.analyze_study(study, self.bundles, self.scratch)

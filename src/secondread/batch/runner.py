@@ -300,7 +300,8 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
                       workers=workers, warnings=list(found.warnings))
     try:
         todo, summary.already = _todo(found.studies, names, journal.statuses(), retry_failed)
-        scratch = Path(tempfile.mkdtemp(prefix="secondread-batch-"))
+        (out / STAGING_DIR).mkdir(exist_ok=True)  # scratch inside: a killed run's is cleaned by the next
+        scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=out / STAGING_DIR))
         bar = _progress(len(todo), progress)
         stages: Counter = Counter()
         failed_now = 0
