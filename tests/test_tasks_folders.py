@@ -132,3 +132,28 @@ def test_folder_evaluation_errors_are_one_line(data_root, tmp_path):
         evaluate_bundle("brain-mri-tumour", tmp_path, split="val")
     with pytest.raises(SecondreadError, match="not trained on a folder data set"):
         evaluate_bundle("pneumonia", data_root / "mri" / "lgg", split="val")
+
+
+# --- mammo-abnormal (mini-MIAS, split by woman) ------------------------------------------------------
+
+def test_mammo_bundle_reevaluates_to_its_recorded_auc_with_real_file_ids(data_root, tmp_path):
+    from secondread.datasets import minimias
+
+    bundle = load_bundle("mammo-abnormal")
+    source = bundle.config["data_source"]
+    train, val = set(source["train_patients"]), set(source["val_patients"])
+    assert train and val and not train & val
+    saved = json.loads((SPLITS.parent / "mini-mias.json").read_text())["splits"]
+    assert train == set(saved["train"]) and val == set(saved["val"])
+    path = data_root / "mammography" / "mini-mias"
+    preds = tmp_path / "mammo.csv"
+    result = evaluate_bundle("mammo-abnormal", path, split="val", predictions=preds)
+    rows = _read(preds)
+    abnormal = {r["refnum"] for r in _read(path / "info.csv") if r["class"] != "NORM"}
+    for r in rows:
+        assert (path / r["id"]).is_file() and r["id"].endswith(".png")
+        assert int(r["label"]) == int(Path(r["id"]).stem in abnormal)
+        assert minimias.woman_of(Path(r["id"]).stem) in val
+    auc = roc_auc_score([int(r["label"]) for r in rows], [float(r["probability"]) for r in rows])
+    assert auc == pytest.approx(bundle.metrics["auc"], abs=1e-9) == pytest.approx(result["auc"], abs=1e-9)
+    assert bundle.metrics["auc_ci95"][0] <= auc <= bundle.metrics["auc_ci95"][1]

@@ -22,7 +22,7 @@ log = logging.getLogger("secondread")
 EXIT_FAILED = 1
 # The data sets `secondread train` knows (secondread.train.DATASETS); kept here so that --help
 # does not import torch.
-TRAINABLE = ["pneumoniamnist", "breastmnist", "adrenalmnist3d", "lgg"]
+TRAINABLE = ["pneumoniamnist", "breastmnist", "adrenalmnist3d", "lgg", "mini-mias"]
 
 
 def _fail(exc: SecondreadError) -> None:

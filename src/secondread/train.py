@@ -128,6 +128,9 @@ AUGMENTATIONS: dict[str, tuple[Callable, str]] = {
                                         "gain/contrast +-15 %; no up-down flip"),
     "adrenal_3d": (_augment_adrenal_3d, "left-right (column) mirror, axial rotation +-10 deg, scale +-5 %, "
                                         "shift +-2 voxels; no cranio-caudal or antero-posterior flip"),
+    "mammography": (_augment_mri, "left-right flip (a left breast mirrored is a plausible right breast; "
+                                  "abnormality has no side), rotation +-10 deg, scale +-10 %, shift +-3 px, "
+                                  "intensity gain/offset +-10 %; no up-down flip"),
     "mri": (_augment_mri, "left-right flip, rotation +-10 deg, scale +-10 %, shift +-3 px, "
                           "intensity gain/offset +-10 %; no up-down flip"),
 }
@@ -271,6 +274,41 @@ DATASETS["lgg"] = {
             "Validation is 7 patients; slices of one patient are correlated, so the slice-level bootstrap "
             "CI is optimistic.",
             _VAL_LIMIT.replace("the official test split was", "the test patients were"),
+        ],
+    },
+}
+
+
+# mini-MIAS: 142 training images; one recipe, no search (validation is 35 images of 22 women).
+DATASETS["mini-mias"] = {
+    "name": "mammo-abnormal", "finding": "abnormal mammogram", "positive_label": "abnormal", "positive_class": 1,
+    "kind": "folder", "loader": "minimias", "input_size": 128,
+    "modalities": ["MG", "OT"],
+    "labels": {"0": "normal", "1": "abnormal"},
+    "architecture": "compact_resnet",
+    "arch_args": {"in_channels": 1, "spatial_dims": 2, "width": 16, "blocks": 1, "dropout": 0.3,
+                  "stem_stride": 2},
+    "augmentation": "mammography",
+    "optim": {"epochs": 40, "batch_size": 16, "lr": 2e-3, "patience": 40, "weight_decay": 1e-4,
+              "schedule": "cosine"},
+    "anchors": {},
+    "card": {
+        "intended_use": ("Decision support for research: a second reader that estimates the probability that a "
+                         "screen-film mammogram (MLO view) shows an abnormality (mass, calcification, "
+                         "architectural distortion or asymmetry), for a qualified reader to review. Not a "
+                         "diagnosis and not a medical device."),
+        "data": ("mini-MIAS (Suckling et al. 1994): digitised MLO mammograms, 1024 x 1024 px at 200 micron, "
+                 "resized to 128 x 128; label 1 when Info.txt lists any abnormality (benign or malignant). "
+                 "Split by woman (both breasts together; datasets/splits/mini-mias.json)."),
+        "licence": "MIAS licence: research use only, no resale; cite the database",
+        "citation": ("J. Suckling et al. The Mammographic Image Analysis Society Digital Mammogram Database. "
+                     "Excerpta Medica, International Congress Series 1069 (1994) 375-378."),
+        "limits": [
+            "Trained on about 140 images at 128 x 128 px: microcalcifications are invisible at this size and "
+            "the model is weak; the confidence interval is wide.",
+            "1990s screen-film mammograms from one UK programme; digital mammography is untested.",
+            "Normal images are under-represented in this subset (the folder keeps all abnormal images).",
+            _VAL_LIMIT.replace("the official test split was", "the test women were"),
         ],
     },
 }
