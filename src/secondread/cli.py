@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on a data split")
     e.add_argument("--model", required=True, help="bundle path or shipped name")
-    e.add_argument("--data", required=True, metavar="FILE.npz")
+    e.add_argument("--data", required=True, metavar="PATH",
+                   help="a MedMNIST .npz, or a data set folder laid out like ../shared/data (e.g. mri/lgg)")
     e.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="'all' scores every split present (ids become <split>/<index>)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
