@@ -8,7 +8,6 @@ finite validation set carries a bootstrap confidence interval.
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 from pathlib import Path
@@ -16,8 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
+from .atomic import write_csv
 from .errors import SecondreadError
 from .io import medmnist
 from .io.medmnist import load_split
@@ -180,23 +187,12 @@ def locate(data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -
 
 
 def write_predictions(path: str | os.PathLike, labels, probs, ids=None) -> Path:
-    """CSV ``id,label,probability``, written via a temporary file and an atomic rename so a reader
-    never sees half a file. ``id`` defaults to the index within the split; ``label`` is 1 where the
-    item has the finding; ``probability`` is the calibrated probability of the finding."""
-    path = Path(path)
+    """CSV ``id,label,probability``, written atomically so a reader never sees half a file. ``id``
+    defaults to the index within the split; ``label`` is 1 where the item has the finding;
+    ``probability`` is the calibrated probability of the finding."""
     ids = range(len(labels)) if ids is None else ids
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "label", "probability"])
-            writer.writerows((i, int(y), repr(float(p))) for i, y, p in zip(ids, labels, probs))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_csv(path, ["id", "label", "probability"],
+                     ((i, int(y), repr(float(p))) for i, y, p in zip(ids, labels, probs)), make_parents=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

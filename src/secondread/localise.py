@@ -38,9 +38,7 @@ Any other candidate source (e.g. a classifier's Grad-CAM peaks) plugs in through
 
 from __future__ import annotations
 
-import csv
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ from scipy import ndimage as ndi
 from scipy import stats
 from skimage import exposure, feature, filters, measure, morphology, transform
 
+from .atomic import write_csv
 from .errors import SecondreadError
 from .image import Image
 
@@ -230,22 +229,9 @@ def summarise(per_image: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- data set
 def write_predictions(path: str | os.PathLike, rows: list[tuple[str, Region]]) -> Path:
-    """CSV ``id,rank,score,x,y,radius`` written to a temporary file and moved into place."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise SecondreadError(target, "the folder for the predictions does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(CSV_HEADER)
-            for image_id, r in rows:
-                writer.writerow([image_id, r.rank, f"{r.score:.5f}", f"{r.x:.1f}", f"{r.y:.1f}", f"{r.radius:.1f}"])
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """CSV ``id,rank,score,x,y,radius``, written atomically (:func:`secondread.atomic.write_csv`)."""
+    return write_csv(path, CSV_HEADER, ([image_id, r.rank, f"{r.score:.5f}", f"{r.x:.1f}", f"{r.y:.1f}",
+                                         f"{r.radius:.1f}"] for image_id, r in rows))
 
 
 def localise_dataset(data_dir: str | os.PathLike | None = None, split: str = "all",

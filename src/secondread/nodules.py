@@ -48,9 +48,7 @@ Runtime on the 133 x 512 x 512 series: see ``benchmarks/localisation.py`` (a few
 
 from __future__ import annotations
 
-import csv
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +57,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from .atomic import write_csv
 from .errors import SecondreadError
 from .image import Image
 
@@ -353,23 +352,9 @@ def find_nodules(image: Image, max_candidates: int = MAX_CANDIDATES, lungs: np.n
 
 # ----------------------------------------------------------------------------- report and CSV
 def write_predictions(path: str | os.PathLike, candidates: list[Candidate]) -> Path:
-    """CSV ``rank,score,x_mm,y_mm,z_mm,diameter_mm``, written to a temporary file then moved into
-    place, so a reader never sees half a file."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise SecondreadError(target, "the folder for the predictions does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(CSV_HEADER)
-            for c in candidates:
-                writer.writerow([c.rank, f"{c.score:.4f}", *(f"{v:.2f}" for v in c.center_mm), f"{c.diameter_mm:.1f}"])
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """CSV ``rank,score,x_mm,y_mm,z_mm,diameter_mm``, written atomically (a reader never sees half a file)."""
+    return write_csv(path, CSV_HEADER, ([c.rank, f"{c.score:.4f}", *(f"{v:.2f}" for v in c.center_mm),
+                                         f"{c.diameter_mm:.1f}"] for c in candidates))
 
 
 def nodules_report(series_dir: str | os.PathLike, max_candidates: int = MAX_CANDIDATES,
@@ -379,7 +364,9 @@ def nodules_report(series_dir: str | os.PathLike, max_candidates: int = MAX_CAND
     The dict holds ``candidates`` (as :meth:`Candidate.as_dict`), the volume's shape and spacing,
     the lung volume, the method's parameters, ``seconds`` and the disclaimer. No identifiers.
     """
-    from .io.series import read_series  # lazy: the series machinery only when a folder is read
+    from .io.series import (
+        read_series,  # lazy: the series machinery only when a folder is read
+    )
 
     start = time.perf_counter()
     image = read_series(series_dir)

@@ -15,7 +15,6 @@ were chosen by cross-validation on the training split (:func:`cross_validate`), 
 from __future__ import annotations
 
 import copy
-import io
 import math
 import os
 import random

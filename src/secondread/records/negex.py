@@ -20,7 +20,6 @@ Affirmed. Rows whose condition is not in their sentence (a quirk of the kit) get
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from secondread.atomic import write_csv
 from secondread.errors import SecondreadError
 from secondread.records import metrics
 from secondread.records.notes import CONTEXT_RULE_FILES
@@ -221,20 +221,7 @@ def score(rows: list[dict], predictions: list[dict]) -> dict:
 
 def write_predictions(predictions: list[dict], out: str | os.PathLike) -> None:
     """Write ``line	negation	temporality	experiencer`` atomically (temp file, then rename)."""
-    out = Path(out)
-    if out.is_dir():
-        raise SecondreadError(out, "is a directory, expected a file name for the predictions")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            writer.writerow(OUT_COLUMNS)
-            for p in predictions:
-                writer.writerow([p[c] for c in OUT_COLUMNS])
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SecondreadError(out, f"cannot write predictions ({exc.strerror or type(exc).__name__})") from None
+    write_csv(out, OUT_COLUMNS, ([p[c] for c in OUT_COLUMNS] for p in predictions), delimiter="\t")
 
 
 def evaluate_negex(path_tsv: str | os.PathLike, predictions: str | os.PathLike | None = None,

@@ -22,11 +22,11 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from secondread.atomic import write_csv
 from secondread.errors import SecondreadError
 from secondread.records import metrics
 
@@ -151,20 +151,7 @@ def label_texts(texts: list[str], uncertain_is_positive: bool = UNCERTAIN_IS_POS
 
 def write_labels(rows: list[dict], out_csv, header=COLUMNS) -> None:
     """Write the labels CSV atomically (temp file in the same folder, then rename)."""
-    out = Path(out_csv)
-    if out.is_dir():
-        raise SecondreadError(out, "is a directory, expected a CSV file name")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            for r in rows:
-                writer.writerow([r[c] for c in header])
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SecondreadError(out, f"cannot write labels ({exc.strerror or type(exc).__name__})") from None
+    write_csv(out_csv, header, ([r[c] for c in header] for r in rows))
 
 
 def label_reports(reports_csv, out_csv) -> dict:
