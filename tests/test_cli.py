@@ -86,6 +86,14 @@ def test_analyze_writes_the_report_contract(cases, tmp_path, bundle):
     assert "not a diagnosis" in html and 'src="overlay.png"' in html and 'src="image.png"' in html
 
 
+def test_gradcam_plus_plus_is_available_from_analyze(cases, tmp_path):
+    out = tmp_path / "pp"
+    proc = run("analyze", cases["pneumonia"], "--explain", "gradcam++", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    region = json.loads((out / "report.json").read_text())["findings"][0]["region"]
+    assert region["source"] == "gradcam++" and (out / "overlay.png").is_file()
+
+
 def test_several_images_get_one_folder_each_and_a_bad_one_does_not_stop_the_rest(cases, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")

@@ -1,6 +1,7 @@
 """Grad-CAM, regions and overlays: checked on a network whose answer is known by construction."""
 
 import numpy as np
+import pytest
 import torch
 
 from secondread import explain
@@ -21,11 +22,12 @@ class BlobNet(torch.nn.Module):
         return self.act(self.conv(x)).amax(dim=(1, 2, 3))
 
 
-def test_gradcam_points_at_the_evidence_and_is_not_inverted():
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_gradcam_points_at_the_evidence_and_is_not_inverted(method):
     img = np.zeros((32, 32), np.float32)
     img[20:26, 5:11] = 1.0  # the blob
     img[20:26, 5:11] += np.linspace(0, 0.1, 6, dtype=np.float32)[:, None]
-    heat = explain.gradcam(BlobNet(), "act", torch.from_numpy(img)[None, None], (64, 64))
+    heat = explain.gradcam(BlobNet(), "act", torch.from_numpy(img)[None, None], (64, 64), method=method)
     assert heat.shape == (64, 64) and heat.dtype == np.float32
     assert heat.max() == 1.0 and heat.min() >= 0.0
     region = explain.hottest_region(heat, spacing=(0.5, 0.5))
@@ -67,3 +69,9 @@ def test_hottest_region_in_3d_reports_slices_and_volume():
         == (2, 4, 1, 5, 3, 9)
     assert region["peak"] == {"x": 4, "y": 2, "z": 3}
     assert region["area_px"] == 48 and region["volume_mm3"] == 48 * 0.5
+
+
+def test_an_unknown_explanation_method_is_refused():
+    from secondread.errors import SecondreadError
+    with pytest.raises(SecondreadError, match="unknown explanation method"):
+        explain.gradcam(BlobNet(), "act", torch.zeros(1, 1, 8, 8), (8, 8), method="lime")

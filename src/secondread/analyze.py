@@ -40,7 +40,7 @@ def domain_caveats(image: Image, bundle) -> list[str]:
     return caveats
 
 
-def detect(image: Image, bundle) -> tuple[Finding, np.ndarray | None]:
+def detect(image: Image, bundle, explain_with: str = "gradcam") -> tuple[Finding, np.ndarray | None]:
     """Run the bundle on one 2D image; for a finding that crosses any operating point, add Grad-CAM."""
     dims = len(bundle.config.get("input_shape", (0, 0)))
     if image.pixels.ndim != dims:
@@ -54,8 +54,10 @@ def detect(image: Image, bundle) -> tuple[Finding, np.ndarray | None]:
     if not any(op["crossed"] for op in points.values()):
         return finding, None
     batch = bundle.prepare(image.pixels)[None]
-    heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape)
+    heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape, method=explain_with)
     finding.region = hottest_region(heat, image.spacing)
+    if finding.region:
+        finding.region["source"] = explain_with
     if finding.region:
         finding.measurements = {k: finding.region[k] for k in ("area_px", "area_mm2", "volume_mm3")
                                 if k in finding.region}
@@ -88,7 +90,7 @@ def image_info(image: Image) -> dict[str, Any]:
 
 
 def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
-                  record: dict[str, Any] | None = None, llm=None) -> dict[str, Any]:
+                  record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
     """Analyse one image file and write its report folder; return the report dict.
 
     ``record`` is the patient's record (``records.merge.load_record``: note and/or FHIR facts,
@@ -98,7 +100,7 @@ def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
     """
     image = load_image(path)
     image.check_usable()
-    finding, heat = detect(image, bundle)
+    finding, heat = detect(image, bundle, explain_with)
     plane = _display_plane(image.pixels, finding.region)
     pictures = {"image.png": display_uint8(image.pixels[plane])}
     if heat is not None:

@@ -58,7 +58,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     failed = 0
     for path, out_dir in zip(args.images, _report_dirs(args.images, Path(args.out))):
         try:
-            report = analyze_image(path, out_dir, bundle, record, llm=llm)
+            report = analyze_image(path, out_dir, bundle, record, llm=llm, explain_with=args.explain)
         except SecondreadError as exc:
             _fail(exc)
             failed += 1
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default="pneumonia", help="bundle path or shipped name (default: pneumonia)")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
+    a.add_argument("--explain", default="gradcam", choices=["gradcam", "gradcam++"],
+                   help="explanation map for positive findings (default gradcam)")
     a.set_defaults(func=cmd_analyze)
 
     t = sub.add_parser("train", help="train a model bundle on a data set")

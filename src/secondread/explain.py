@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from monai.visualize import GradCAM
+from monai.visualize import GradCAM, GradCAMpp
 from monai.visualize.visualizer import default_upsampler
 from skimage import measure
 
@@ -31,8 +31,15 @@ class _AsColumn(torch.nn.Module):
         return self.net(x).reshape(x.shape[0], -1)
 
 
-def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
-    """Grad-CAM of the positive logit, upsampled (bilinear) to ``out_shape`` and scaled to [0, 1].
+# The explanation methods a report can use: Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++
+# (Chattopadhay et al. 2018), which weights positive gradients per location and tends to cover
+# several instances of the evidence instead of the single most discriminative one.
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
+
+
+def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: tuple[int, ...],
+            method: str = "gradcam") -> np.ndarray:
+    """Grad-CAM (or Grad-CAM++) of the positive logit, upsampled (bi/trilinear) to ``out_shape``, in [0, 1].
 
     Parameters
     ----------
@@ -44,15 +51,19 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
         One preprocessed image, shape ``[1, C, *spatial]`` (2D or 3D).
     out_shape : tuple of int
         Shape of the original image, so the map lies over the pixels the user sees.
+    method : str
+        ``"gradcam"`` or ``"gradcam++"`` (both MONAI's; see :data:`METHODS`).
 
     Returns
     -------
     numpy.ndarray
         float32 map of ``out_shape`` in [0, 1]; all zeros when no region raised the logit.
     """
-    cam = GradCAM(nn_module=_AsColumn(model), target_layers=f"net.{layer}",
-                  upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),
-                  postprocessing=lambda x: x)
+    if method not in METHODS:
+        raise SecondreadError(None, f"unknown explanation method {method!r} ({', '.join(METHODS)})")
+    cam = METHODS[method](nn_module=_AsColumn(model), target_layers=f"net.{layer}",
+                          upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),
+                          postprocessing=lambda x: x)
     with torch.enable_grad():
         raw = cam(batch.detach().clone().requires_grad_(True), class_idx=0)
     heat = raw.detach().cpu().numpy()[0, 0].astype(np.float32)
@@ -77,7 +88,7 @@ def hottest_region(heat: np.ndarray, spacing: tuple[float, ...] | None = None, l
     lo, hi = region.bbox[:heat.ndim], region.bbox[heat.ndim:]
     out = {"x_min": int(lo[-1]), "y_min": int(lo[-2]), "x_max": int(hi[-1]), "y_max": int(hi[-2]),
            "peak": {"x": int(peak[-1]), "y": int(peak[-2])}, "area_px": int(region.area),
-           "level": level, "source": "grad-cam"}
+           "level": level, "source": "gradcam"}
     if heat.ndim == 3:
         out.update(z_min=int(lo[0]), z_max=int(hi[0]))
         out["peak"]["z"] = int(peak[0])
