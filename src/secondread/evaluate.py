@@ -328,26 +328,15 @@ def evaluate_bundle(model: str | os.PathLike, data: str | os.PathLike, split: st
         ids += [f"{name}/{i}" for i in range(len(y))] if split == "all" else list(range(len(y)))
         ys.append(y)
         ps.append(p)
-    y, probs = np.concatenate(ys), np.concatenate(ps)
-    if len(np.unique(y)) != 2:
-        raise SecondreadError(path, f"the {split!r} split must contain both classes to compute an AUC")
-    out = _split_metrics(bundle, y, probs)
-    out.update(model={"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
-               finding=bundle.finding, positive_class=bundle.positive_class, data=path.name, split=split)
+    out = _finish(bundle, path, split, ids, np.concatenate(ys), np.concatenate(ps), predictions, plots_dir)
     if split == "all":
         out["splits"] = per_split
         out["split_sizes"] = {name: int(len(v)) for name, v in zip(splits, ys)}
-    if predictions is not None:
-        write_predictions(predictions, y, probs, ids)
-        out["predictions"] = str(predictions)
-    if plots_dir is not None:
-        out["plots"] = write_plots(plots_dir, y, probs, bundle.threshold, out["operating_points"],
-                                   f"{bundle.name} on {path.name} ({split}, n={len(y)})", bundle.finding)
     return out
 
 
 def _finish(bundle, path: Path, split: str, ids, y, probs, predictions, plots_dir) -> dict[str, Any]:
-    """Figures, predictions CSV and plots of a folder evaluation (one pooled set of images)."""
+    """Figures, predictions CSV and plots of one pooled set of items (a split, all splits, a folder)."""
     if len(np.unique(y)) != 2:
         raise SecondreadError(path, f"the {split!r} split must contain both classes to compute an AUC")
     out = _split_metrics(bundle, y, probs)
