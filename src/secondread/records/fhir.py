@@ -26,10 +26,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from secondread.errors import SecondreadError
+from secondread.files import read_limited
 
 MAX_BUNDLE_BYTES = 100_000_000
 SNOMED = "http://snomed.info/sct"
@@ -98,17 +98,7 @@ def load_bundle(path: str | os.PathLike):
         Missing, a directory, too large, not JSON, not a Bundle, or not valid FHIR (the message
         gives the number of errors and the location of the first, no values).
     """
-    p = Path(path)
-    if not p.exists():
-        raise SecondreadError(path, "FHIR file not found")
-    if p.is_dir():
-        raise SecondreadError(path, "is a directory, expected a FHIR Bundle JSON file")
-    try:
-        if p.stat().st_size > MAX_BUNDLE_BYTES:
-            raise SecondreadError(path, f"FHIR file is larger than {MAX_BUNDLE_BYTES // 1_000_000} MB")
-        data = p.read_bytes()
-    except OSError as exc:
-        raise SecondreadError(path, f"cannot read FHIR file ({exc.strerror or type(exc).__name__})") from None
+    data = read_limited(path, MAX_BUNDLE_BYTES, "FHIR file", "a FHIR Bundle JSON file")
     try:
         raw = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):

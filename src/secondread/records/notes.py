@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 
 from secondread.errors import SecondreadError
+from secondread.files import read_limited
 
 MAX_NOTE_BYTES = 1_000_000
 CONTEXT_FLAGS = ("negated", "uncertain", "historical", "hypothetical", "family")
@@ -139,17 +140,7 @@ def read_note(path: str | os.PathLike) -> str:
     SecondreadError
         Missing, a directory, unreadable, larger than 1 MB, binary or not UTF-8, or empty.
     """
-    p = Path(path)
-    if not p.exists():
-        raise SecondreadError(path, "note file not found")
-    if p.is_dir():
-        raise SecondreadError(path, "is a directory, expected a text note")
-    try:
-        if p.stat().st_size > MAX_NOTE_BYTES:
-            raise SecondreadError(path, f"note is larger than {MAX_NOTE_BYTES // 1_000_000} MB")
-        data = p.read_bytes()
-    except OSError as exc:
-        raise SecondreadError(path, f"cannot read note ({exc.strerror or type(exc).__name__})") from None
+    data = read_limited(path, MAX_NOTE_BYTES, "note", "a text note")
     return _decode_note(path, data)
 
 
