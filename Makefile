@@ -8,7 +8,16 @@ export SECONDREAD_DATA ?= $(abspath ../shared/data)
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 
-.PHONY: demo test test-llm models venv clean
+.PHONY: demo test test-llm models venv clean system-deps
+
+# Real components the tests start (Orthanc with its DICOMweb plugin, dciodvfy, headless Chromium)
+# come from Debian's packages; installed once, only those missing (needs root or sudo).
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb dicom3tools chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 venv: $(STAMP)
 
@@ -21,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/secondread demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 # The language-model tests against a real llama.cpp server: builds llama-cpp-python from source
