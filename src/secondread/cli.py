@@ -360,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--offline", action="store_true", help="never download PneumoniaMNIST")
     d.set_defaults(func=cmd_demo)
 
-    from . import pacs, serve  # each face registers its own sub-commands; heavy imports stay lazy
+    from . import pacs, segment, serve  # each registers its own sub-commands; heavy imports stay lazy
     pacs.add_parser(sub)
+    segment.add_parser(sub)
     serve.add_parser(sub)
     return p
 
