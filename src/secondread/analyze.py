@@ -54,14 +54,22 @@ def detect(image: Image, bundle, explain_with: str = "gradcam") -> tuple[Finding
     if image.pixels.ndim != dims:
         kind = "volumes" if dims == 3 else "2D images"
         raise SecondreadError(image.source, f"model '{bundle.name}' reads {kind}; this input has shape {image.shape}")
-    prob = float(bundle.predict_proba([image.pixels])[0])
+    batch = None
+    if dims == 3:  # preprocessing a CT volume takes seconds: prepared once, for the model and Grad-CAM
+        from .models.bundle import calibrated
+
+        batch = bundle.prepare(image.pixels)[None]
+        prob = float(calibrated(bundle.logits(batch), bundle.temperature)[0])
+    else:
+        prob = float(bundle.predict_proba([image.pixels])[0])
     points = {name: {"threshold": float(op["threshold"]), "crossed": prob >= float(op["threshold"])}
               for name, op in bundle.operating_points.items()}
     finding = Finding(label=bundle.finding, probability=prob, operating_points=points,
                       positive=prob >= float(bundle.threshold))
     if not any(op["crossed"] for op in points.values()):
         return finding, None
-    batch = bundle.prepare(image.pixels)[None]
+    if batch is None:
+        batch = bundle.prepare(image.pixels)[None]
     heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape, method=explain_with)
     finding.region = hottest_region(heat, image.spacing)
     if finding.region:

@@ -229,11 +229,23 @@ def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
         else [inputs.sources.headers[0]]
     if seg is not None:
         evidence.append(seg)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=content[0], series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBERS["sr.dcm"], sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description="secondread findings (decision support, not a diagnosis)")
+    sr.CodingSchemeIdentificationSequence = [_local_scheme()]
+    return sr
+
+
+def _local_scheme() -> Dataset:
+    """SOP Common: the project's local coding scheme (``99SECONDREAD``) named, so that a reader
+    of the SR knows whose codes those are (PS3.3 C.12.1.1.4)."""
+    item = Dataset()
+    item.CodingSchemeDesignator = "99SECONDREAD"
+    item.CodingSchemeName = "secondread local concepts (see secondread/report/codes.json)"
+    item.CodingSchemeResponsibleOrganization = "secondread project"
+    return item
 
 
 # ----------------------------------------------------------------------------- SEG
@@ -319,6 +331,12 @@ def build_sc(inputs: DicomInputs):
         series_description="secondread heatmap overlay (decision support, not a diagnosis)")
     # General Series: Laterality is Type 2C (paired body parts); the source's value, else empty
     sc.Laterality = ref.get("Laterality", "") or ""
+    source = Dataset()  # General Image: which image the overlay was drawn on
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID, frames = inputs.sources.ref(inputs.overlay_slice)
+    if frames:
+        source.ReferencedFrameNumber = frames[0]
+    sc.SourceImageSequence = [source]
+    sc.DerivationDescription = "heatmap overlay drawn by secondread on this image (decision support, not a diagnosis)"
     return sc
 
 
