@@ -125,6 +125,7 @@ def test_lidc_sr_groups_codes_values_units_and_references(lidc):
     finding = report["findings"][0]
     assert code_of(model[0].finding_type) == ("SCT", CODES["findings"]["adrenal hyperplasia"]["value"])
     assert measurements(model[0])["Probability"] == (pytest.approx(finding["probability"]), "1")
+    assert measurements(model[0])["Volume"] == (pytest.approx(finding["measurements"]["volume_mm3"]), "mm3")
     crossed = sorted(v.value.value for v in model[0].get_qualitative_evaluations())
     expected = sorted(n for n, op in finding["operating_points"].items() if op["crossed"]) or ["none"]
     assert crossed == expected

@@ -156,8 +156,11 @@ def _model_group(finding: dict[str, Any], inputs: DicomInputs):
     algorithm = hd.sr.AlgorithmIdentification(name=inputs.model_name, version=inputs.model_version)
     measurements = [_measurement("probability", finding["probability"], "1")]
     region = finding.get("region")
-    if region and "area_mm2" in region:
-        measurements.append(_measurement("area", region["area_mm2"], "mm2"))
+    sizes = finding.get("measurements") or {}
+    if "area_mm2" in sizes:  # of the hottest region (pixel counts have no UCUM unit and stay in report.json)
+        measurements.append(_measurement("area", sizes["area_mm2"], "mm2"))
+    if "volume_mm3" in sizes:
+        measurements.append(_measurement("volume", sizes["volume_mm3"], "mm3"))
     site = finding_site(finding["label"])
     common = dict(tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{finding['label']} (model finding)"),
                   finding_type=finding_code(finding["label"]), algorithm_id=algorithm,
