@@ -79,3 +79,32 @@ def test_one_loaded_study_analysed_twice(data_root, tmp_path):
 def test_ct_slice_gets_no_nodule_search(data_root, tmp_path):
     report = analyze_image(data_root / "dicom" / "CT_small.dcm", tmp_path / "r")
     assert all(not f.get("kind") for f in report["findings"]) and "nodules" not in report
+
+
+def test_a_later_report_in_the_same_folder_leaves_no_stale_dicom(data_root, tmp_path):
+    out = tmp_path / "r"
+    first = analyze_image(data_root / "dicom" / "CT_small.dcm", out)
+    assert {p.name for p in out.glob("*.dcm")} == {f["file"] for f in first["dicom"]["files"]} != set()
+    with np.load(data_root / "medmnist" / "pneumoniamnist.npz") as npz:
+        PILImage.fromarray(npz["val_images"][1]).save(tmp_path / "x.png")
+    analyze_image(tmp_path / "x.png", out)
+    assert not list(out.glob("*.dcm"))
+
+
+def test_one_series_of_a_folder_with_two(data_root, tmp_path):
+    import shutil
+
+    import pydicom
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(data_root / "dicom" / name, folder / name)
+    uid = str(pydicom.dcmread(folder / "CT_small.dcm", stop_before_pixels=True).SeriesInstanceUID)
+    study = load_study(folder, series_uid=uid)
+    assert study.image.shape == (1, 128, 128) and study.image.modality == "CT"
+    assert [str(h.SeriesInstanceUID) for h in study.sources.headers] == [uid]
+    report = analyze_loaded(study, tmp_path / "r")
+    # one CT slice in HU: the nodule search runs and says why it found nothing
+    assert "too small" in report["nodules"]["skipped"] and all(not f.get("kind") for f in report["findings"])
+    assert (tmp_path / "r" / "sr.dcm").is_file() and not (tmp_path / "r" / "seg.dcm").exists()

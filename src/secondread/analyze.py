@@ -7,6 +7,7 @@ same way; this module is that one way, so the faces stay thin.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -156,7 +157,7 @@ def _referable(study: LoadedStudy) -> LoadedStudy:
     return study
 
 
-def _series_headers(folder: Path, image: Image) -> list[Dataset]:
+def _series_headers(folder: Path, image: Image, series_uid: str | None = None) -> list[Dataset]:
     """The slice headers of a series folder in the order of ``image.pixels`` (each file's Image
     Position (Patient) mapped through the inverse of the volume's affine to its slice index)."""
     if "affine" not in image.metadata:
@@ -166,6 +167,8 @@ def _series_headers(folder: Path, image: Image) -> list[Dataset]:
     for path in sorted(folder.iterdir()):
         ds = _read_header(path) if path.is_file() else None
         if ds is None or "ImagePositionPatient" not in ds:
+            continue
+        if series_uid is not None and str(ds.get("SeriesInstanceUID", "")) != series_uid:
             continue
         index = inverse @ np.append(np.asarray(ds.ImagePositionPatient, dtype=float), 1.0)
         k = int(round(index[0]))
@@ -177,20 +180,35 @@ def _series_headers(folder: Path, image: Image) -> list[Dataset]:
     return found  # type: ignore[return-value]
 
 
-def load_study(path: str | os.PathLike) -> LoadedStudy:
+def _read_volume(folder: Path, series_uid: str | None) -> Image:
+    if series_uid is None:
+        return load_image(folder)
+    from .io.series import read_series
+
+    try:
+        return read_series(folder, series_uid=series_uid)
+    except SecondreadError:
+        raise
+    except Exception as exc:  # no traceback may reach a user
+        raise SecondreadError(folder, f"cannot read the image ({type(exc).__name__})") from None
+
+
+def load_study(path: str | os.PathLike, series_uid: str | None = None) -> LoadedStudy:
     """Read a study (any file :func:`secondread.io.load_image` reads, or a DICOM series folder).
 
-    For DICOM input, ``sources`` holds the headers in slice order; it is None for other formats,
-    and for a DICOM file without SOP Instance/Class UIDs (nothing could reference it).
+    ``series_uid`` picks one series of a folder that holds several (as
+    :func:`secondread.io.series.read_series`). For DICOM input, ``sources`` holds the headers in
+    slice order; it is None for other formats, and for a DICOM file without the UIDs that a
+    reference needs (``dicom_note`` says so, and the report repeats it).
     """
     from .io import is_dicom
     from .report.dicom import Sources
 
-    image = load_image(path)
     p = Path(path)
+    image = _read_volume(p, series_uid) if p.is_dir() else load_image(path)
     if p.is_dir():
         if image.pixels.ndim == 3 and "affine" in image.metadata:
-            return _referable(LoadedStudy(image, Sources(_series_headers(p, image))))
+            return _referable(LoadedStudy(image, Sources(_series_headers(p, image, series_uid))))
         files = [f for f in sorted(p.iterdir()) if f.is_file()]  # a folder holding one multi-frame file
         headers = [h for h in map(_read_header, files) if h is not None]
         if len(headers) != 1:
@@ -202,6 +220,18 @@ def load_study(path: str | os.PathLike) -> LoadedStudy:
     if header is None:
         return LoadedStudy(image, None, "no DICOM outputs: the file's header has no SOP Class/Instance UID")
     return _referable(LoadedStudy(image, Sources([header], multiframe=image.pixels.ndim == 3)))
+
+
+_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(bundle) -> threading.Lock:
+    """One lock per loaded model: Grad-CAM (MONAI) puts hooks on the model's layers, so two
+    threads explaining with the same model at once (the service) could read each other's
+    activations. Inference and explanation of one model are serialised; different models are not."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(getattr(bundle, "model", bundle)), threading.Lock())
 
 
 @lru_cache(maxsize=8)
@@ -285,7 +315,8 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
 
         choice = choose_bundle(image)
         bundle = _shipped_bundle(choice.name)
-    finding, heat = detect(image, bundle, explain_with)
+    with _model_lock(bundle):
+        finding, heat = detect(image, bundle, explain_with)
     plane = _display_plane(image.pixels, finding.region)
     pictures = {"image.png": display_uint8(image.pixels[plane])}
     if heat is not None:

@@ -97,6 +97,8 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, pictures: d
         (staging / "report.json").write_text(to_json(report) + "\n", encoding="utf-8")
         for name in [*pictures, *datasets, "report.html", "report.json"]:
             os.replace(staging / name, out / name)
+        for stale in set(dicom.WHAT) - set(datasets):  # a previous report's objects, not this one's
+            (out / stale).unlink(missing_ok=True)
     except OSError as exc:
         raise SecondreadError(out, f"cannot write the report ({exc.strerror})") from None
     finally:
