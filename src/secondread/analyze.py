@@ -1,7 +1,18 @@
 """One study, end to end: load -> check -> detect -> localise -> read the record -> suggest -> report.
 
-Why: the command line, the demo and (later) the service and batch runner all analyse a study the
-same way; this module is that one way, so the faces stay thin.
+Why: the command line, the demo, the service, the PACS client and the batch runner all analyse a
+study the same way; this module is that one way, so the faces stay thin.
+
+Two steps, so that a face can read a study once and analyse it as it needs:
+
+- :func:`load_study` reads a file or a DICOM series folder into a :class:`LoadedStudy` (the
+  :class:`~secondread.image.Image`, plus the source DICOM headers the DICOM outputs reference);
+- :func:`analyze_loaded` runs the model (chosen automatically when none is given), the lung-nodule
+  search on CT volumes, and writes the report folder: ``report.json`` (the contract),
+  ``report.html``, pictures and, for DICOM input, ``sr.dcm``/``seg.dcm``/``sc.dcm``
+  (:func:`dicom_files` lists them in the order a PACS should store them).
+
+:func:`analyze_image` is both in one call.
 """
 
 from __future__ import annotations
