@@ -319,3 +319,22 @@ def test_a_dicom_build_failure_is_one_line_and_leaves_nothing(data_root, tmp_pat
         analyze_image(data_root / "dicom" / "MR_small.dcm", out)
     assert "\n" not in str(err.value) and "Doe" not in str(err.value) and "MR_small.dcm" in str(err.value)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_deidentified_source_no_name_in_warnings_and_valid_outputs(data_root, tmp_path):
+    """693_J2KR.dcm: de-identified (Patient Identity Removed YES, no method stated) with a one-part
+    patient name that highdicom warns about, quoting it: no such warning may escape."""
+    import warnings
+
+    path = data_root / "dicom" / "693_J2KR.dcm"
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = analyze_image(path, tmp_path / "r")
+    assert not [w for w in caught if str(source.PatientName) in str(w.message)]
+    for f in report["dicom"]["files"]:
+        ds = pydicom.dcmread(tmp_path / "r" / f["file"], stop_before_pixels=True)
+        assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod
+    if DCIODVFY:
+        for p in sorted((tmp_path / "r").glob("*.dcm")):
+            assert dciodvfy_errors(p) == [], p.name

@@ -27,6 +27,7 @@ polygon through the pixel edges ``x_min`` and ``x_max``, and a pixel's centre is
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -352,18 +353,11 @@ def build_objects(report: dict[str, Any], inputs: DicomInputs, source: str | Non
     the exception's type only, since highdicom's messages may quote header values.
     """
     try:
-        objects: dict[str, Dataset] = {}
-        seg = build_seg(inputs) if inputs.nodule_masks else None
-        if seg is not None:
-            objects["seg.dcm"] = seg
-        objects["sr.dcm"] = build_sr(report, inputs, seg)
-        notes = []
-        if inputs.overlay is not None:
-            sc = build_sc(inputs)
-            if sc is not None:
-                objects["sc.dcm"] = sc
-            else:
-                notes.append("no secondary capture: the source image has no patient orientation")
+        with warnings.catch_warnings():  # highdicom's warnings quote header values (the patient's name)
+            warnings.simplefilter("ignore")
+            objects, notes = _build_all(report, inputs)
+        for ds in objects.values():
+            copy_deidentification(ds, inputs.sources.header(0))
     except SecondreadError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback or a header value
@@ -375,6 +369,41 @@ def build_objects(report: dict[str, Any], inputs: DicomInputs, source: str | Non
     if notes:
         entry["skipped"] = notes
     return {name: objects[name] for name in order}, entry
+
+
+def _build_all(report: dict[str, Any], inputs: DicomInputs) -> tuple[dict[str, Dataset], list[str]]:
+    objects: dict[str, Dataset] = {}
+    notes: list[str] = []
+    seg = build_seg(inputs) if inputs.nodule_masks else None
+    if seg is not None:
+        objects["seg.dcm"] = seg
+    objects["sr.dcm"] = build_sr(report, inputs, seg)
+    if inputs.overlay is not None:
+        sc = build_sc(inputs)
+        if sc is not None:
+            objects["sc.dcm"] = sc
+        else:
+            notes.append("no secondary capture: the source image has no patient orientation")
+    return objects, notes
+
+
+DEIDENTIFIED_UNSTATED = "method not stated by the source (received de-identified)"  # LO: 64 characters
+
+
+def copy_deidentification(ds: Dataset, source: Dataset) -> None:
+    """Patient module: a de-identified source stays marked so, with its method (Type 1C when
+    Patient Identity Removed is YES, PS3.3 C.7.1.1); a source that omits the method gets a
+    statement that it was not given, rather than a false one."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES" and \
+            str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    ds.PatientIdentityRemoved = "YES"
+    if "DeidentificationMethod" in source or "DeidentificationMethodCodeSequence" in source:
+        for keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
+            if keyword in source:
+                setattr(ds, keyword, source[keyword].value)
+    elif "DeidentificationMethod" not in ds and "DeidentificationMethodCodeSequence" not in ds:
+        ds.DeidentificationMethod = DEIDENTIFIED_UNSTATED
 
 
 def save(ds: Dataset, path: Path) -> None:
