@@ -407,5 +407,8 @@ def copy_deidentification(ds: Dataset, source: Dataset) -> None:
 
 
 def save(ds: Dataset, path: Path) -> None:
-    """Write one object as a DICOM file (preamble, file meta)."""
-    ds.save_as(path, enforce_file_format=True)
+    """Write one object as a DICOM file (preamble, file meta); pydicom's warnings about values
+    (which may quote the copied patient module) are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
