@@ -91,7 +91,9 @@ class PacsClient:
         where = self.url if study_uid is None else f"{self.url} study {study_uid}"
         if isinstance(exc, SecondreadError):
             return exc
-        if isinstance(exc, requests.exceptions.ConnectionError):
+        if isinstance(exc, ValueError):  # a 200 whose body is not DICOM JSON / multipart DICOM
+            problem = f"the answer is not DICOMweb ({type(exc).__name__})"
+        elif isinstance(exc, requests.exceptions.ConnectionError):
             problem = "cannot connect (connection refused or host unreachable)"
             if isinstance(exc, requests.exceptions.ReadTimeout) or "timed out" in str(exc):
                 problem = "the server did not answer in time"
