@@ -178,6 +178,54 @@ def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: 
             d.pixel_array  # readable
 
 
+# --- the client layer (the viewer uses studies() and fetch()) ---
+
+def test_client_lists_studies_without_identifiers(orthanc, studies, identifiers):
+    from secondread.pacs.client import PacsClient
+
+    found = {s["study_uid"]: s for s in PacsClient(orthanc.dicomweb).studies()}
+    assert set(studies.values()) <= set(found)
+    lidc = found[studies["lidc"]]
+    assert lidc["modalities"] == ["CT"] and lidc["instances"] == 133 and lidc["series"] == 1
+    assert all(set(s) == {"study_uid", "modalities", "series", "instances", "date", "time"} for s in found.values())
+    assert not any(i in json.dumps(list(found.values())) for i in identifiers)
+    recent = {s["study_uid"] for s in PacsClient(orthanc.dicomweb).studies(since="20040101")}
+    assert studies["CT_small.dcm"] in recent and studies["lidc"] not in recent  # LIDC is dated 20000101
+
+
+def test_client_fetch_writes_series_folders_byte_exact_pixels(orthanc, studies, data_root, tmp_path):
+    from secondread.pacs.client import PacsClient
+
+    source = pydicom.dcmread(data_root / "dicom" / "RG3_UNCR.dcm")
+    files = PacsClient(orthanc.dicomweb).fetch(studies["RG3_UNCR.dcm"], tmp_path)
+    assert files == [tmp_path / source.SeriesInstanceUID / f"{source.SOPInstanceUID}.dcm"]
+    fetched = pydicom.dcmread(files[0])
+    assert fetched.PixelData == source.PixelData and fetched.Rows == source.Rows
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_client_store_sends_instances_with_stow(orthanc, data_root, tmp_path):
+    """STOW-RS round trip on a throw-away study (deleted afterwards, so the watch tests never see it)."""
+    from secondread.errors import SecondreadError
+    from secondread.pacs.client import PacsClient
+
+    copy = tmp_path / "copy.dcm"
+    uid = _copy_with_new_uids(data_root / "dicom" / "CT_small.dcm", copy)
+    client = PacsClient(orthanc.dicomweb)
+    assert client.store([copy]) == 1
+    try:
+        [series] = study_series(orthanc, uid)
+        stored = read_instance(orthanc, series["instances"][0])
+        assert stored.SOPInstanceUID == pydicom.dcmread(copy).SOPInstanceUID
+        assert stored.pixel_array.tolist() == pydicom.dcmread(copy).pixel_array.tolist()
+    finally:
+        orthanc.request("DELETE", f"/studies/{_orthanc_id(orthanc, uid)}")
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    with pytest.raises(SecondreadError, match="junk.dcm: not a readable DICOM file"):
+        client.store([junk])
+
+
 # --- pacs analyze ---
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,19 @@ def _probability(p) -> str:
     return "n/a" if p is None else format_probability(p, 3)
 
 
+def _check_model(name: str | None) -> None:
+    """An unknown ``--model`` is one error before anything is fetched, not one per input."""
+    if name is not None:
+        from .study import _bundle
+        _bundle(name)
+
+
 def cmd_pacs_analyze(args: argparse.Namespace) -> int:
     """Fetch one study, analyse each input, store the DICOM results; exit 1 if any input failed."""
     from .client import PacsClient
     from .study import run_study
 
+    _check_model(args.model)
     client = PacsClient(args.url, timeout=args.timeout)
     with tempfile.TemporaryDirectory(prefix="secondread-pacs-out-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
@@ -64,6 +72,7 @@ def cmd_pacs_watch(args: argparse.Namespace) -> int:
         raise SecondreadError(None, "--interval must be positive")
     if args.max_attempts < 1:
         raise SecondreadError(None, "--max-attempts must be at least 1")
+    _check_model(args.model)
     return watch(args.url, args.state, args.out, args.interval, args.once, args.model,
                  args.max_attempts, args.timeout)
 
