@@ -30,7 +30,7 @@ from orthanc import Orthanc, missing  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "RG3_UNCR.dcm"]
 OUTPUT_LOG: list[str] = []  # everything our commands printed, for the privacy check at the end
-WATCH_ARGS = ["--max-attempts", "2"]
+WATCH_ARGS = ["--max-attempts", "2", "--settle", "0"]
 
 
 def dicom_outputs_expected() -> bool:
@@ -393,6 +393,27 @@ def test_watch_restart_after_a_crash_redoes_that_study_only(orthanc, studies, fi
     if dicom_outputs_expected():  # one set of results, not two
         srs = [d for d in our_objects(orthanc, new_uid) if d.Modality == "SR"]
         assert len(srs) == 1
+
+
+def test_state_waits_for_a_study_to_settle_and_allows_one_watcher(tmp_path):
+    from secondread.errors import SecondreadError
+    from secondread.pacs.watch import State
+
+    state = State(tmp_path / "s.sqlite")
+    try:
+        with pytest.raises(SecondreadError, match="another watcher is using this state file"):
+            State(tmp_path / "s.sqlite")
+        study = {"study_uid": "1.2.3", "instances": 10}
+        assert state.settled([study], 0.3) == []  # first seen
+        time.sleep(0.35)
+        assert state.settled([{**study, "instances": 12}], 0.3) == []  # still arriving
+        assert state.settled([{**study, "instances": 12}], 0.3) == []
+        time.sleep(0.35)
+        assert state.settled([{**study, "instances": 12}], 0.3) == ["1.2.3"]
+        assert state.settled([study], 0) == ["1.2.3"]
+    finally:
+        state.close()
+    State(tmp_path / "s.sqlite").close()  # the lock went with the first watcher
 
 
 # --- privacy: last, over everything the commands above printed and stored ---

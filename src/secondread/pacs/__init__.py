@@ -73,8 +73,10 @@ def cmd_pacs_watch(args: argparse.Namespace) -> int:
     if args.max_attempts < 1:
         raise SecondreadError(None, "--max-attempts must be at least 1")
     _check_model(args.model)
+    if args.settle < 0:
+        raise SecondreadError(None, "--settle cannot be negative")
     return watch(args.url, args.state, args.out, args.interval, args.once, args.model,
-                 args.max_attempts, args.timeout)
+                 args.max_attempts, args.timeout, args.settle)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -105,4 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--once", action="store_true", help="poll once, analyse what is new, exit")
     w.add_argument("--max-attempts", type=int, default=3, metavar="N",
                    help="tries per failing study before it is left as failed (default 3)")
+    w.add_argument("--settle", type=float, default=60.0, metavar="S",
+                   help="take a study only once its instance count has not changed for S seconds, "
+                   "so a study still being sent is not analysed half-received (default %(default)s; "
+                   "0: at once)")
     w.set_defaults(func=cmd_pacs_watch)

@@ -6,11 +6,16 @@ memory. A study is marked ``done`` only after its results are stored; a study fo
 was interrupted by a killed run and is redone (inputs whose results already reached the PACS are
 recognised there and skipped); a ``failed`` study is retried on later polls until
 ``max_attempts``. Rows hold UIDs, counts and error lines: never patient identifiers.
+
+A study still arriving (its instance count still growing) would be analysed half-sent; with
+``settle`` seconds > 0 a study is taken only once its count has stayed the same that long. One
+watcher per state file: a second one exits with an error (an OS lock, released even on kill).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import logging
 import os
 import sqlite3
@@ -35,7 +40,12 @@ CREATE TABLE IF NOT EXISTS studies (
     stored    INTEGER,
     started   TEXT,
     finished  TEXT
-)
+);
+CREATE TABLE IF NOT EXISTS arriving (
+    study_uid TEXT PRIMARY KEY,
+    instances INTEGER,
+    since     REAL NOT NULL
+);
 """
 
 
@@ -50,14 +60,41 @@ class State:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+        except OSError as exc:
+            raise SecondreadError(self.path, f"cannot open the state file ({exc.strerror})") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise SecondreadError(self.path, "another watcher is using this state file") from None
+        try:
             self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute(SCHEMA)
+            self.db.executescript(SCHEMA)
             self.db.commit()
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            self._lock.close()
             raise SecondreadError(self.path, f"cannot open the state file ({exc})") from None
 
     def close(self) -> None:
         self.db.close()
+        self._lock.close()
+
+    def settled(self, studies: list[dict], settle: float) -> list[str]:
+        """UIDs of the studies whose instance count has not changed for ``settle`` seconds."""
+        if settle <= 0:
+            return [s["study_uid"] for s in studies]
+        seen = {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT * FROM arriving")}
+        now, out = time.time(), []
+        for s in studies:
+            uid, count = s["study_uid"], s.get("instances")
+            if uid in seen and seen[uid][0] == count:
+                if now - seen[uid][1] >= settle:
+                    out.append(uid)
+            else:
+                self.db.execute("INSERT OR REPLACE INTO arriving VALUES (?, ?, ?)", (uid, count, now))
+        self.db.commit()
+        return out
 
     def rows(self) -> dict[str, dict]:
         cur = self.db.execute("SELECT * FROM studies")
@@ -90,19 +127,25 @@ class State:
 @dataclass
 class PollSummary:
     seen: int = 0
+    waiting: int = 0  # still arriving (instance count changed within `settle` seconds)
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
 def poll_once(client: PacsClient, state: State, out_dir: Path | None, model: str | None,
-              max_attempts: int) -> PollSummary:
+              max_attempts: int, settle: float = 0.0) -> PollSummary:
     """One QIDO-RS poll; analyse every study still to do; record each outcome as it ends."""
     from .study import run_study
 
     summary = PollSummary()
-    uids = [s["study_uid"] for s in client.studies()]
-    summary.seen = len(uids)
-    for uid in state.todo(uids, max_attempts):
+    found = client.studies()
+    summary.seen = len(found)
+    todo = state.todo([s["study_uid"] for s in found], max_attempts)
+    if settle > 0:
+        ready = set(state.settled([s for s in found if s["study_uid"] in todo], settle))
+        summary.waiting = len(todo) - len(ready)
+        todo = [u for u in todo if u in ready]
+    for uid in todo:
         state.start(uid)
         try:
             with tempfile.TemporaryDirectory(prefix="secondread-watch-") as tmp:
@@ -123,7 +166,8 @@ def poll_once(client: PacsClient, state: State, out_dir: Path | None, model: str
 
 
 def watch(url: str, state_path: str | os.PathLike, out_dir: str | os.PathLike | None, interval: float,
-          once: bool, model: str | None = None, max_attempts: int = 3, timeout: float = 60.0) -> int:
+          once: bool, model: str | None = None, max_attempts: int = 3, timeout: float = 60.0,
+          settle: float = 0.0) -> int:
     """Poll every ``interval`` seconds (or once). Exit code of ``--once``: 1 if a study failed."""
     client = PacsClient(url, timeout=timeout)
     state = State(state_path)
@@ -131,14 +175,15 @@ def watch(url: str, state_path: str | os.PathLike, out_dir: str | os.PathLike | 
     try:
         while True:
             try:
-                summary = poll_once(client, state, out, model, max_attempts)
+                summary = poll_once(client, state, out, model, max_attempts, settle)
             except SecondreadError as exc:
                 if once:
                     raise
                 log.warning("poll failed: %s", exc.message)  # the PACS may be back next time
             else:
                 print(f"poll: {summary.seen} study(ies) on the server, {len(summary.done)} analysed, "
-                      f"{len(summary.failed)} failed")
+                      f"{len(summary.failed)} failed"
+                      + (f", {summary.waiting} still arriving" if summary.waiting else ""))
                 if once:
                     return 1 if summary.failed else 0
             sys.stdout.flush()
