@@ -307,18 +307,7 @@ def structured_payload(record_summary: dict | None, findings: list[dict] | None)
         "contradictions": [{k: c.get(k) for k in ("concept", "note_says", "record_says")}
                            for c in record_summary.get("contradictions") or []],
     }
-    return _scrub_strings(payload)
-
-
-def _scrub_strings(value):
-    """``scrub`` applied to the strings only: numbers (a volume of 15687305 mm³) stay numbers."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_strings(v) for v in value]
-    return value
+    return json.loads(scrub(json.dumps(payload)))
 
 
 def _stance(fact: dict) -> str:
