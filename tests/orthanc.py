@@ -70,7 +70,7 @@ class Orthanc:
             "SaveJobs": False,
         }
 
-    def start(self, timeout: float = 30.0) -> "Orthanc":
+    def start(self, timeout: float = 30.0) -> Orthanc:
         """Write the configuration, start the process, wait until ``/system`` answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "orthanc.json"
@@ -138,7 +138,7 @@ class Orthanc:
             raise RuntimeError(f"upload {path}: HTTP {status} {body[:200]!r}")
         return json.loads(body)
 
-    def __enter__(self) -> "Orthanc":
+    def __enter__(self) -> Orthanc:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import SecondreadError
 
-__all__ = ["add_parser", "PacsClient"]
+__all__ = ["PacsClient", "add_parser"]
 
 
 def __getattr__(name: str):  # PacsClient without importing requests at `secondread --help`

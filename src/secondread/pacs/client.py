@@ -14,8 +14,9 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import SecondreadError
 
@@ -153,8 +154,7 @@ class PacsClient:
     def iter_instances(self, study_uid: str) -> Iterator[Any]:
         """The study's instances as pydicom datasets, streamed in their stored transfer syntax."""
         try:
-            for ds in self._client.iter_study(study_uid, media_types=ANY_TRANSFER_SYNTAX):
-                yield ds
+            yield from self._client.iter_study(study_uid, media_types=ANY_TRANSFER_SYNTAX)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, study_uid) from None
 

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS arriving (
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class State:
@@ -60,7 +60,8 @@ class State:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+            # held open for the watcher's life: the OS releases the lock even when it is killed
+            self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
         except OSError as exc:
             raise SecondreadError(self.path, f"cannot open the state file ({exc.strerror})") from None
         try:
