@@ -151,9 +151,21 @@ def source_sops(orthanc: Orthanc, study_uid: str, modality: str) -> set[str]:
     return uids
 
 
-def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: list[Path]) -> None:
-    """Every ``*.dcm`` written next to a report.json is in the study on the PACS; once analyze writes
-    DICOM outputs, an SR, a SEG or an SC of ours is there, readable, referencing the source images."""
+SOP_KIND = {"1.2.840.10008.5.1.4.1.1.88.34": "sr", "1.2.840.10008.5.1.4.1.1.66.4": "seg"}
+
+
+def _kind(ds: pydicom.Dataset) -> str:
+    uid = str(ds.SOPClassUID)
+    return SOP_KIND.get(uid) or ("sc" if uid.startswith("1.2.840.10008.5.1.4.1.1.7") else uid)
+
+
+def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: list[Path],
+                  expect: set[str] = frozenset({"sr"})) -> None:
+    """Every ``*.dcm`` written next to a report.json is in the study on the PACS, and (once analyze
+    writes DICOM outputs) our SR, SEG and SC are there (at least ``expect``), readable by
+    highdicom/pydicom, in the source's study and frame of reference, referencing the source images."""
+    import highdicom as hd
+
     stored = {d.SOPInstanceUID: d for d in our_objects(orthanc, study_uid)}
     written = [f for d in report_dirs for f in d.glob("*.dcm")]
     for f in written:
@@ -162,20 +174,39 @@ def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: 
         assert ds.StudyInstanceUID == study_uid
     if not dicom_outputs_expected():
         return
-    kinds = {d.Modality for d in stored.values()}
-    assert "SR" in kinds, kinds
+    assert len(stored) == len(written)  # nothing stored twice
+    kinds = {_kind(d) for d in stored.values()}
+    assert expect <= kinds <= {"sr", "seg", "sc"}, kinds
     sources = source_sops(orthanc, study_uid, modality)
+    frames_of_reference = {str(d.get("FrameOfReferenceUID", "")) for d in source_datasets(orthanc, study_uid, modality)}
     for d in stored.values():
-        assert d.StudyInstanceUID == study_uid
-        if d.Modality == "SR":
+        assert d.StudyInstanceUID == study_uid and d.PatientID == _first_source(orthanc, study_uid, modality).PatientID
+        if _kind(d) == "sr":
+            hd.sr.Comprehensive3DSR.from_dataset(d)  # a valid TID 1500 document for highdicom
             evidence = {r.ReferencedSOPInstanceUID for st in d.CurrentRequestedProcedureEvidenceSequence
                         for se in st.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
-            assert evidence and evidence <= sources
-        if d.Modality == "SEG":
+            assert evidence & sources and evidence <= sources | set(stored)  # images (+ our SEG)
+        elif _kind(d) == "seg":
+            seg = hd.seg.Segmentation.from_dataset(d)
             refs = {r.ReferencedSOPInstanceUID for se in d.ReferencedSeriesSequence
                     for r in se.ReferencedInstanceSequence}
             assert refs and refs <= sources
-            assert d.pixel_array.any()  # readable, and a segment is not empty
+            assert d.FrameOfReferenceUID in frames_of_reference
+            assert seg.number_of_segments >= 1 and d.pixel_array.any()
+        else:
+            assert d.pixel_array.ndim == 3 and d.pixel_array.shape[-1] == 3  # the RGB overlay
+
+
+def source_datasets(orthanc: Orthanc, study_uid: str, modality: str, limit: int = 2) -> list[pydicom.Dataset]:
+    out = []
+    for s in study_series(orthanc, study_uid):
+        if s.get("Modality") == modality:
+            out += [read_instance(orthanc, i) for i in s["instances"][:limit]]
+    return out
+
+
+def _first_source(orthanc: Orthanc, study_uid: str, modality: str) -> pydicom.Dataset:
+    return source_datasets(orthanc, study_uid, modality, limit=1)[0]
 
 
 # --- the client layer (the viewer uses studies() and fetch()) ---
@@ -329,7 +360,7 @@ def test_watch_analyses_every_study_and_records_the_failure(orthanc, studies, fi
     lidc_reports = [p.parent for p in (out / studies["lidc"]).glob("*/report.json")]
     assert len(lidc_reports) == 1
     assert json.loads((lidc_reports[0] / "report.json").read_text())["input"]["shape"][0] == 133
-    check_results(orthanc, studies["lidc"], "CT", lidc_reports)
+    check_results(orthanc, studies["lidc"], "CT", lidc_reports, expect={"sr", "seg", "sc"})
     for name, modality in (("CT_small.dcm", "CT"), ("RG3_UNCR.dcm", "CR")):
         check_results(orthanc, studies[name], modality,
                       [p.parent for p in (out / studies[name]).glob("*/report.json")])

@@ -182,6 +182,8 @@ def analyse_item(item: Item, out_dir: Path, model: str | None) -> dict[str, Any]
     else:
         bundle = _bundle(model or (FALLBACK_3D if item.volume else FALLBACK_2D))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         report = analyze_image(item.path, staging, bundle)
