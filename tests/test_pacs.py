@@ -296,7 +296,7 @@ class _HtmlHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         body = b"<html><body>not a PACS</body></html>"
-        self.send_response(200)
+        self.send_response(500 if "1.2.500" in self.path else 200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -313,6 +313,9 @@ def test_non_dicom_answers_are_one_line_errors():
     try:
         proc = run_cli("pacs", "analyze", "--url", url, "--study", "1.2.3", check_rc=1)
         assert len(proc.stderr.strip().splitlines()) == 1 and "not DICOMweb" in proc.stderr, proc.stderr
+        proc = run_cli("pacs", "analyze", "--url", url, "--study", "1.2.500", check_rc=1)
+        assert proc.stderr.strip() == \
+            f"secondread: error: {url} study 1.2.500: the server answered HTTP 500 Internal Server Error"
         from secondread.errors import SecondreadError
         from secondread.pacs.client import PacsClient
 

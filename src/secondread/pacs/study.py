@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,8 +199,7 @@ def _short(exc: SecondreadError, item: Item) -> str:
     return f"{'series' if item.volume else 'instance'} {item.key}: {exc.problem}"
 
 
-def run_study(client: PacsClient, study_uid: str, out_dir: str | os.PathLike, model: str | None = None,
-              on_item: Callable[[ItemResult], None] | None = None) -> StudyResult:
+def run_study(client: PacsClient, study_uid: str, out_dir: str | os.PathLike, model: str | None = None) -> StudyResult:
     """Fetch ``study_uid``, analyse each input not yet analysed, store each input's ``*.dcm``
     results right after its analysis. One input failing does not stop the others.
 
@@ -218,10 +216,7 @@ def run_study(client: PacsClient, study_uid: str, out_dir: str | os.PathLike, mo
                 result.skipped += 1
                 log.info("study %s: %s already has our results; skipped", study_uid, item.key)
                 continue
-            r = _run_item(client, item, out / item.key, model)
-            result.items.append(r)
-            if on_item:
-                on_item(r)
+            result.items.append(_run_item(client, item, out / item.key, model))
     return result
 
 
