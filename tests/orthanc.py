@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -37,6 +38,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the test process dies (even killed),
+    so an interrupted test run leaves no Orthanc behind. Elsewhere nothing happens."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Orthanc:
@@ -77,7 +89,8 @@ class Orthanc:
         cfg.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([ORTHANC, "--no-jobs", str(cfg)], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir)
+                                         stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 (prctl only)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
