@@ -9,7 +9,6 @@ never analysing our own outputs is PACS glue; the analysis itself is ``analyze.a
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import shutil
@@ -28,8 +27,6 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 OUR_MARK = "secondread"  # in Manufacturer / ManufacturerModelName / SeriesDescription / SoftwareVersions
-# Until analyze chooses a bundle itself: volumes go to the 3D CT bundle, 2D images to the chest X-ray one.
-FALLBACK_2D, FALLBACK_3D = "pneumonia", "adrenal-ct-3d"
 
 
 @dataclass
@@ -39,7 +36,6 @@ class Item:
     key: str
     path: Path
     series_uid: str
-    volume: bool
 
 
 @dataclass
@@ -145,14 +141,12 @@ def plan_study(files: list[Path]) -> tuple[list[Item], set[str]]:
     for series_uid, members in sorted(by_series.items()):
         multi_frame = any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in members)
         if len(members) > 1 and not multi_frame:
-            items.append(Item(series_uid, members[0][0].parent, series_uid, True))
+            items.append(Item(series_uid, members[0][0].parent, series_uid))
         else:
-            for path, ds in members:
-                key = series_uid if len(members) == 1 else path.stem
-                frames = int(ds.get("NumberOfFrames", 1) or 1)
-                items.append(Item(key, path, series_uid, frames > 1))
+            for path, _ in members:
+                items.append(Item(series_uid if len(members) == 1 else path.stem, path, series_uid))
     for path in broken:  # files pydicom cannot read: analysed alone, so the failure is reported
-        items.append(Item(path.stem, path, path.parent.name, False))
+        items.append(Item(path.stem, path, path.parent.name))
     return items, done_series
 
 
@@ -163,23 +157,13 @@ def _bundle(name: str):
     return load_bundle(name)
 
 
-def _auto_bundle() -> bool:
-    """Whether ``analyze_image`` chooses the bundle itself when given ``bundle=None``."""
-    from ..analyze import analyze_image
-
-    param = inspect.signature(analyze_image).parameters.get("bundle")
-    return param is not None and param.default is None
-
-
 def analyse_item(item: Item, out_dir: Path, model: str | None) -> dict[str, Any]:
-    """Run the project's analysis on one input, into a fresh folder renamed to ``out_dir`` at the end
-    (so results of an earlier, interrupted run are never mixed in)."""
+    """Run the project's analysis on one input (``model`` None: the bundle is chosen from the image),
+    into a fresh folder renamed to ``out_dir`` at the end (so results of an earlier, interrupted run
+    are never mixed in)."""
     from ..analyze import analyze_image
 
-    if model is None and _auto_bundle():
-        bundle = None
-    else:
-        bundle = _bundle(model or (FALLBACK_3D if item.volume else FALLBACK_2D))
+    bundle = None if model is None else _bundle(model)  # None: analyze chooses per input
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -196,7 +180,7 @@ def analyse_item(item: Item, out_dir: Path, model: str | None) -> dict[str, Any]
 
 def _short(exc: SecondreadError, item: Item) -> str:
     """The error without our temporary folder's path: the input is named by its UID instead."""
-    return f"{'series' if item.volume else 'instance'} {item.key}: {exc.problem}"
+    return f"{'series' if item.path.is_dir() else 'instance'} {item.key}: {exc.problem}"
 
 
 def run_study(client: PacsClient, study_uid: str, out_dir: str | os.PathLike, model: str | None = None) -> StudyResult:
