@@ -33,11 +33,6 @@ OUTPUT_LOG: list[str] = []  # everything our commands printed, for the privacy c
 WATCH_ARGS = ["--max-attempts", "1", "--settle", "0"]  # failed studies: retried in the last run only
 
 
-def dicom_outputs_expected() -> bool:
-    """True once ``analyze`` writes sr.dcm/seg.dcm/sc.dcm for DICOM input (issue 8, part 1)."""
-    return "sr.dcm" in (REPO / "src" / "secondread" / "analyze.py").read_text(encoding="utf-8")
-
-
 def run_cli(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
     """``python -m secondread -v ...`` as a user runs it; output kept for the privacy check."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
@@ -161,9 +156,9 @@ def _kind(ds: pydicom.Dataset) -> str:
 
 def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: list[Path],
                   expect: set[str] = frozenset({"sr"})) -> None:
-    """Every ``*.dcm`` written next to a report.json is in the study on the PACS, and (once analyze
-    writes DICOM outputs) our SR, SEG and SC are there (at least ``expect``), readable by
-    highdicom/pydicom, in the source's study and frame of reference, referencing the source images."""
+    """Every ``*.dcm`` written next to a report.json is in the study on the PACS, once; our SR, SEG
+    and SC are there (at least ``expect``), readable by highdicom/pydicom, in the source's study and
+    frame of reference, referencing the source images."""
     import highdicom as hd
 
     stored = {d.SOPInstanceUID: d for d in our_objects(orthanc, study_uid)}
@@ -172,8 +167,6 @@ def check_results(orthanc: Orthanc, study_uid: str, modality: str, report_dirs: 
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.SOPInstanceUID in stored, f"{f.name} not on the PACS"
         assert ds.StudyInstanceUID == study_uid
-    if not dicom_outputs_expected():
-        return
     assert len(stored) == len(written)  # nothing stored twice
     kinds = {_kind(d) for d in stored.values()}
     assert expect <= kinds <= {"sr", "seg", "sc"}, kinds
@@ -367,8 +360,7 @@ def test_watch_analyses_every_study_and_records_the_failure(orthanc, studies, fi
     for name, modality in (("CT_small.dcm", "CT"), ("RG3_UNCR.dcm", "CR")):
         check_results(orthanc, studies[name], modality,
                       [p.parent for p in (out / studies[name]).glob("*/report.json")])
-    if dicom_outputs_expected():  # the study `pacs analyze` did already carries our SR: not redone
-        assert rows[studies["MR_small.dcm"]]["inputs"] == 0
+    assert rows[studies["MR_small.dcm"]]["inputs"] == 0  # `pacs analyze` did it: our SR is there, not redone
 
 
 def _instance_counts(orthanc: Orthanc, uids) -> dict[str, int]:
@@ -423,9 +415,8 @@ def test_watch_restart_after_a_crash_redoes_that_study_only(orthanc, studies, fi
     reports = [p.parent for p in (out / new_uid).glob("*/report.json")]
     assert len(reports) == 1
     check_results(orthanc, new_uid, "CT", reports)
-    if dicom_outputs_expected():  # one set of results, not two
-        srs = [d for d in our_objects(orthanc, new_uid) if d.Modality == "SR"]
-        assert len(srs) == 1
+    srs = [d for d in our_objects(orthanc, new_uid) if d.Modality == "SR"]
+    assert len(srs) == 1  # one set of results, not two
 
 
 def test_state_waits_for_a_study_to_settle_and_allows_one_watcher(tmp_path):
