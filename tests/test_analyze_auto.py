@@ -20,8 +20,22 @@ def image(ndim: int, modality: str) -> Image:
     return Image(rng.random((16,) * ndim).astype(np.float32), modality=modality)
 
 
+def mask(modality: str) -> Image:
+    rng = np.random.default_rng(0)
+    return Image((rng.random((16, 16, 16)) > 0.7).astype(np.float32), modality=modality)
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "OT"])
+def test_a_binary_mask_volume_goes_to_the_3d_bundle_any_other_volume_to_none(modality):
+    """adrenal-ct-3d reads a gland's segmentation mask: a CT in HU (or any intensity volume) is
+    not what it was trained on, so no classifier is chosen for it and the report says why."""
+    assert choose_bundle(mask(modality)).name == "adrenal-ct-3d"
+    choice = choose_bundle(image(3, modality))
+    assert choice.name is None and "segmentation mask" in choice.reason
+    assert ("lung-nodule search" in choice.reason) == (modality == "CT")
+
+
 @pytest.mark.parametrize("ndim, modality, expected", [
-    (3, "CT", "adrenal-ct-3d"), (3, "MR", "adrenal-ct-3d"), (3, "OT", "adrenal-ct-3d"),
     (2, "CR", "pneumonia"), (2, "DX", "pneumonia"), (2, "MG", "mammo-abnormal"),
     (2, "MR", "brain-mri-tumour"), (2, "US", "breast-us-28"), (2, "CT", "pneumonia"),
     (2, "OT", "pneumonia"), (2, "", "pneumonia"), (2, "NM", "pneumonia"),
@@ -102,9 +116,10 @@ def test_one_series_of_a_folder_with_two(data_root, tmp_path):
         shutil.copy(data_root / "dicom" / name, folder / name)
     uid = str(pydicom.dcmread(folder / "CT_small.dcm", stop_before_pixels=True).SeriesInstanceUID)
     study = load_study(folder, series_uid=uid)
-    assert study.image.shape == (1, 128, 128) and study.image.modality == "CT"
+    # a series of one slice is a 2D image (the 2D models read it; no nodule search on one slice)
+    assert study.image.shape == (128, 128) and study.image.modality == "CT"
     assert [str(h.SeriesInstanceUID) for h in study.sources.headers] == [uid]
     report = analyze_loaded(study, tmp_path / "r")
-    # one CT slice in HU: the nodule search runs and says why it found nothing
-    assert "too small" in report["nodules"]["skipped"] and all(not f.get("kind") for f in report["findings"])
+    assert report["model"]["chosen"]["name"] == "pneumonia" and "nodules" not in report
+    assert all(not f.get("kind") for f in report["findings"])
     assert (tmp_path / "r" / "sr.dcm").is_file() and not (tmp_path / "r" / "seg.dcm").exists()

@@ -75,3 +75,15 @@ def test_an_unknown_explanation_method_is_refused():
     from secondread.errors import SecondreadError
     with pytest.raises(SecondreadError, match="unknown explanation method"):
         explain.gradcam(BlobNet(), "act", torch.zeros(1, 1, 8, 8), (8, 8), method="lime")
+
+
+def test_repeated_maps_leave_no_hooks_behind():
+    """MONAI's CAM registers hooks it never removes; a service explaining with one model must not
+    accumulate them (each would run on every later forward pass), and the maps stay the same."""
+    net = BlobNet()
+    img = np.zeros((16, 16), np.float32)
+    img[4:8, 4:8] = 1.0
+    batch = torch.from_numpy(img)[None, None]
+    maps = [explain.gradcam(net, "act", batch, (16, 16)) for _ in range(3)]
+    assert len(net.act._forward_hooks) == 0 and len(net.act._backward_hooks) == 0
+    assert all(np.array_equal(maps[0], m) for m in maps[1:])

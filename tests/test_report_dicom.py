@@ -85,8 +85,11 @@ def lidc(data_root, tmp_path_factory):
 
 def test_lidc_report_lists_nodule_candidates_and_dicom_files(lidc, data_root):
     series, out, report = lidc
-    assert report["model"]["chosen"]["name"] == "adrenal-ct-3d" and "volume" in report["model"]["chosen"]["reason"]
+    # no shipped classifier reads a whole CT (adrenal-ct-3d reads a gland's mask): nodule search only
+    assert report["model"]["chosen"]["name"] is None and "lung-nodule search" in report["model"]["chosen"]["reason"]
+    assert report["model"]["name"] == "lung-nodule-candidates"
     nodules = [f for f in report["findings"] if f.get("kind") == "nodule candidate"]
+    assert nodules == report["findings"]
     assert 1 <= len(nodules) <= 10 and [f["rank"] for f in nodules] == list(range(1, len(nodules) + 1))
     assert all("not a calibrated probability" in f["score_meaning"].lower() and "probability" not in f for f in nodules)
     # the readers' nodule (nodules.csv: all four readers, 32.8 mm) is candidate 1, centred within its radius
@@ -94,8 +97,12 @@ def test_lidc_report_lists_nodule_candidates_and_dicom_files(lidc, data_root):
     row = next(csv.DictReader((data_root / "ct" / "LIDC-IDRI-0001" / "nodules.csv").open()))
     centre = np.array([float(row[k]) for k in ("x_mm", "y_mm", "z_mm")])
     assert np.linalg.norm(np.array(nodules[0]["center_mm"]) - centre) < float(row["diameter_mm"]) / 2
-    assert {f["file"] for f in report["dicom"]["files"]} == {"sr.dcm", "seg.dcm", "sc.dcm"}
-    assert [p.name for p in dicom_files(report, out)] == ["seg.dcm", "sr.dcm", "sc.dcm"]
+    # the suggestion: review the candidates of >= 6 mm (Lung-RADS); nothing is called a probability
+    s = report["suggestion"]
+    assert s["suggested"] and s["probability"] is None and 1 in s["evidence"]["image"]["at_least_6_mm"]
+    assert "#1" in s["statement"] and "not a calibrated probability" in " ".join(s["uncertainty"]["reasons"])
+    assert {f["file"] for f in report["dicom"]["files"]} == {"sr.dcm", "seg.dcm"}
+    assert [p.name for p in dicom_files(report, out)] == ["seg.dcm", "sr.dcm"]
     assert all(p.is_file() for p in dicom_files(report, out))
     # no identifier of the source in report.json / report.html (the .dcm files carry them, for the PACS)
     first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
@@ -118,25 +125,11 @@ def test_lidc_sr_groups_codes_values_units_and_references(lidc):
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
     assert evidence == set(sources) | {str(seg.SOPInstanceUID)}
     content = sr.content
-    model = content.get_planar_roi_measurement_groups()
+    assert content.get_planar_roi_measurement_groups() == []  # no classifier finding on a whole CT
     volumes = content.get_volumetric_roi_measurement_groups()
     nodules = [f for f in report["findings"] if f.get("kind") == "nodule candidate"]
-    assert len(model) == 1 and len(volumes) == len(nodules)
-    finding = report["findings"][0]
-    assert code_of(model[0].finding_type) == ("SCT", CODES["findings"]["adrenal hyperplasia"]["value"])
-    assert measurements(model[0])["Probability"] == (pytest.approx(finding["probability"]), "1")
-    assert measurements(model[0])["Volume"] == (pytest.approx(finding["measurements"]["volume_mm3"]), "mm3")
-    crossed = sorted(v.value.value for v in model[0].get_qualitative_evaluations())
-    expected = sorted(n for n, op in finding["operating_points"].items() if op["crossed"]) or ["none"]
-    assert crossed == expected
-    # the region: the Grad-CAM peak as a point on the source slice it lies in
-    roi = model[0].roi
-    assert roi.graphic_type == hd.sr.GraphicTypeValues.POINT
-    peak = finding["region"]["peak"]
-    np.testing.assert_allclose(roi.value, [[peak["x"] + 0.5, peak["y"] + 0.5]])
-    ref_uid = roi.ReferencedSOPSequence[0].ReferencedSOPInstanceUID if "ReferencedSOPSequence" in roi else \
-        roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-    assert ref_uid in sources
+    assert len(volumes) == len(nodules)
+    positions = _slice_index(sources)
     # each nodule group: coded as Nodule in Lung, sizes in UCUM, its segment in seg.dcm, its slices
     positions = _slice_index(sources)
     for group, f in zip(volumes, nodules):
@@ -159,8 +152,9 @@ def test_lidc_sr_groups_codes_values_units_and_references(lidc):
     items = list(content_items(sr.ContentSequence))
     assert named(items, "Device Observer Name")[0].TextValue == "secondread"
     assert report["model"]["name"] in named(items, "Device Observer Model Name")[0].TextValue
-    assert {i.TextValue for i in named(items, "Algorithm Name")} >= {report["model"]["name"]}
-    assert {i.TextValue for i in named(items, "Algorithm Version")} >= {str(report["model"]["version"])}
+    from secondread.report.dicom import NODULE_ALGORITHM  # each nodule group names the algorithm that found it
+    assert {i.TextValue for i in named(items, "Algorithm Name")} == {NODULE_ALGORITHM}
+    assert {i.TextValue for i in named(items, "Algorithm Version")} == {str(report["model"]["version"])}
 
 
 def _slice_index(sources: dict[str, pydicom.Dataset]) -> dict[str, int]:
@@ -209,20 +203,59 @@ def test_lidc_seg_mask_round_trips_voxel_for_voxel(lidc):
     assert [c.as_dict() for c, _ in found] == [c.as_dict() for c in find_nodules(image, max_candidates=len(found))]
 
 
-def test_lidc_sc_is_the_overlay(lidc):
-    series, out, report = lidc
-    sc = pydicom.dcmread(out / "sc.dcm")
-    png = np.asarray(PILImage.open(out / "overlay.png").convert("RGB"))
-    assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
-    assert np.array_equal(sc.pixel_array, png)
-    first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
-    assert sc.StudyInstanceUID == first.StudyInstanceUID and sc.PatientID == first.PatientID
+@pytest.fixture(scope="module")
+def lidc_3d_model(data_root, tmp_path_factory):
+    """The 3D bundle named explicitly on a slab of the LIDC CT (48 slices): not what it reads."""
+    from secondread.models.bundle import load_bundle
+
+    series = data_root / "ct" / "LIDC-IDRI-0001" / "series"
+    by_z = sorted(source_headers(series).items(), key=lambda kv: float(kv[1].ImagePositionPatient[2]))
+    slab = tmp_path_factory.mktemp("slab")
+    wanted = {uid for uid, _ in by_z[40:88]}
+    for path in series.iterdir():
+        if str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) in wanted:
+            shutil.copy(path, slab / path.name)
+    out = tmp_path_factory.mktemp("slab-report") / "report"
+    return slab, out, analyze_image(slab, out, load_bundle("adrenal-ct-3d"))
 
 
-@pytest.mark.parametrize("name", ["sr.dcm", "seg.dcm", "sc.dcm"])
+def test_3d_model_on_a_ct_says_its_probability_does_not_apply(lidc_3d_model):
+    slab, out, report = lidc_3d_model
+    finding = report["findings"][0]
+    assert finding["label"] == "adrenal hyperplasia" and "chosen" not in report["model"]
+    assert any("binary segmentation mask" in r for r in report["suggestion"]["uncertainty"]["reasons"])
+    sr = hd.sr.srread(out / "sr.dcm")
+    groups = sr.content.get_planar_roi_measurement_groups() + sr.content.get_image_measurement_groups()
+    assert len(groups) == 1
+    assert code_of(groups[0].finding_type) == ("SCT", CODES["findings"]["adrenal hyperplasia"]["value"])
+    assert measurements(groups[0])["Probability"] == (pytest.approx(finding["probability"]), "1")
+    if finding.get("region"):  # a crossed operating point: Grad-CAM peak as a point, and the overlay as SC
+        roi = groups[0].roi
+        assert roi.graphic_type == hd.sr.GraphicTypeValues.POINT
+        peak = finding["region"]["peak"]
+        np.testing.assert_allclose(roi.value, [[peak["x"] + 0.5, peak["y"] + 0.5]])
+        sc = pydicom.dcmread(out / "sc.dcm")
+        png = np.asarray(PILImage.open(out / "overlay.png").convert("RGB"))
+        assert sc.PhotometricInterpretation == "RGB" and np.array_equal(sc.pixel_array, png)
+        first = pydicom.dcmread(next(slab.iterdir()), stop_before_pixels=True)
+        assert sc.StudyInstanceUID == first.StudyInstanceUID and sc.PatientID == first.PatientID
+    else:
+        assert not (out / "sc.dcm").exists()
+
+
+@pytest.mark.parametrize("name", ["sr.dcm", "seg.dcm"])
 def test_lidc_outputs_pass_dciodvfy(lidc, name):
     require_dciodvfy()
     assert dciodvfy_errors(lidc[1] / name) == []
+
+
+@pytest.mark.parametrize("name", ["sr.dcm", "sc.dcm"])
+def test_3d_model_outputs_pass_dciodvfy(lidc_3d_model, name):
+    require_dciodvfy()
+    path = lidc_3d_model[1] / name
+    if name == "sc.dcm" and not path.exists():
+        pytest.skip("the model crossed no operating point on this slab: no overlay")
+    assert dciodvfy_errors(path) == []
 
 
 # ----------------------------------------------------------------------------- 2D samples

@@ -17,6 +17,8 @@ Two steps, so that a face can read a study once and analyse it as it needs:
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import os
 import threading
 import warnings
@@ -53,6 +55,12 @@ def domain_caveats(image: Image, bundle) -> list[str]:
         named = [m for m in expected if m != "OT"] or expected
         caveats.append(f"the model was trained on {'/'.join(named)} images; "
                        f"this image's modality is {image.modality}")
+    if bundle.config.get("input_kind") == "binary mask":
+        from .models.choose import is_binary_mask
+
+        if not is_binary_mask(image.pixels):
+            caveats.append("the model reads a binary segmentation mask, and this image is not one: its "
+                           "probability does not describe this image")
     trained = tuple(bundle.config.get("input_shape", ()))
     if trained and min(image.shape) > 4 * max(trained):
         caveats.append(f"the image ({' × '.join(map(str, image.shape))}) was reduced to the model's "
@@ -204,6 +212,13 @@ def _read_volume(folder: Path, series_uid: str | None) -> Image:
         raise SecondreadError(folder, f"cannot read the image ({type(exc).__name__})") from None
 
 
+def _single_slice(image: Image) -> Image:
+    """The one slice of a one-slice volume as a 2D image (its 3D affine dropped with the axis)."""
+    metadata = {k: v for k, v in image.metadata.items() if k != "affine"}
+    return Image(image.pixels[0], modality=image.modality, spacing=image.spacing[1:] if image.spacing else None,
+                 source=image.source, orientation=image.orientation, metadata=metadata)
+
+
 def load_study(path: str | os.PathLike, series_uid: str | None = None) -> LoadedStudy:
     """Read a study (any file :func:`secondread.io.load_image` reads, or a DICOM series folder).
 
@@ -219,7 +234,10 @@ def load_study(path: str | os.PathLike, series_uid: str | None = None) -> Loaded
     image = _read_volume(p, series_uid) if p.is_dir() else load_image(path)
     if p.is_dir():
         if image.pixels.ndim == 3 and "affine" in image.metadata:
-            return _referable(LoadedStudy(image, Sources(_series_headers(p, image, series_uid))))
+            headers = _series_headers(p, image, series_uid)
+            if image.shape[0] == 1:  # a series of one slice is a 2D image, read by the 2D models
+                return _referable(LoadedStudy(_single_slice(image), Sources(headers)))
+            return _referable(LoadedStudy(image, Sources(headers)))
         files = [f for f in sorted(p.iterdir()) if f.is_file()]  # a folder holding one multi-frame file
         headers = [h for h in map(_read_header, files) if h is not None]
         if len(headers) != 1:
@@ -283,18 +301,21 @@ def nodule_finding(candidate, image: Image) -> dict[str, Any]:
             "axial_slice": c["axial_slice"]}
 
 
-def _for_summary(finding: dict[str, Any]) -> dict[str, Any]:
-    """The finding as the summary reads it, without integer measurements of 5+ digits (pixel
-    counts of large regions).
+NODULE_MODEL = {"name": "lung-nodule-candidates", "architecture": "classical image processing: HU lung mask, "
+                "candidate blobs, roundness x size score (secondread.nodules)",
+                "data": "no training; checked on one annotated scan of the public LIDC-IDRI collection", "validation": None,
+                "operating_points": {}, "threshold": None, "temperature": None}
+"""What the report says about the 'model' of a CT volume analysed without a classifier."""
 
-    Why: ``records.llm.scrub`` replaces any 5+-digit integer in the summary's JSON payload with an
-    unquoted ``[removed]``, which makes the payload invalid JSON (a crash on every large region,
-    e.g. a CT volume's Grad-CAM region). Only values that would crash are dropped, so every input
-    that worked before gives the same summary. To be removed when the scrubber is fixed.
-    """
-    measurements = finding.get("measurements") or {}
-    keep = {k: v for k, v in measurements.items() if not (isinstance(v, int) and abs(v) >= 10_000)}
-    return {**finding, "measurements": keep} if len(keep) != len(measurements) else finding
+
+def _model_identity(bundle) -> tuple[str, str, str]:
+    """Name, version and SHA-256 of what spoke: a bundle, or the classical nodule search (None)."""
+    from . import __version__
+
+    if bundle is None:
+        digest = hashlib.sha256(f"{NODULE_MODEL['name']} {__version__}".encode()).hexdigest()
+        return NODULE_MODEL["name"], __version__, digest
+    return bundle.name, str(bundle.version), bundle.sha256
 
 
 def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region) -> Any:
@@ -304,9 +325,68 @@ def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region) 
     segments = [Segment("nodule candidate", nodule_label_volume(masks, study.image.shape), NODULE_ALGORITHM,
                         __version__)] if masks else []
     plane = region["peak"]["z"] if region and study.image.pixels.ndim == 3 else study.image.shape[0] // 2
-    return DicomInputs(sources=study.sources, shape=study.image.shape, model_name=bundle.name,
-                       model_version=str(bundle.version), model_sha256=bundle.sha256, segments=segments,
+    name, version, sha256 = _model_identity(bundle)
+    return DicomInputs(sources=study.sources, shape=study.image.shape, model_name=name,
+                       model_version=version, model_sha256=sha256, segments=segments,
                        overlay=overlay_rgb, overlay_slice=int(plane) if study.image.pixels.ndim == 3 else 0)
+
+
+def study_date(study: LoadedStudy) -> dt.date | None:
+    """The date the images were taken (Study, Series, Acquisition or Content Date of the first
+    source header): the date a FHIR record's ages refer to. Never written to the report."""
+    if not study.is_dicom:
+        return None
+    header = study.sources.headers[0]
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        value = str(header.get(keyword) or "").strip()
+        try:
+            return dt.datetime.strptime(value[:8], "%Y%m%d").date()
+        except ValueError:
+            continue
+    return None
+
+
+def _read_record(record, finding_label: str, study: LoadedStudy) -> dict[str, Any] | None:
+    """A record given as a :class:`~secondread.records.merge.RecordSource` is read now, with the
+    rules of the finding's body area and ages on the study date; a dict is used as it is."""
+    from .records.merge import RecordSource
+    from .suggest import record_area
+
+    if isinstance(record, RecordSource):
+        return record.load(area=record_area(finding_label), reference_date=study_date(study)) if record else None
+    return record
+
+
+def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, record, llm) -> tuple[dict, dict, dict]:
+    """Report, pictures and DICOM datasets of a CT volume that no classifier reads: its findings
+    are the lung-nodule candidates, its suggestion :func:`suggest.suggest_nodules`."""
+    from . import __version__
+    from .suggest import suggest_nodules
+
+    image = study.image
+    if skipped is not None or not (image.pixels.ndim == 3 and image.modality == "CT"):
+        raise SecondreadError(image.source, choice.reason + (f"; the lung-nodule search did not run: {skipped}"
+                                                             if skipped else ""))
+    record = _read_record(record, "lung nodule", study)
+    findings = [nodule_finding(c, image) for c, _ in found]
+    suggestion = suggest_nodules(findings, record["facts"] if record else None)
+    summary_findings = [{"label": "lung nodule candidate", "positive": suggestion["suggested"], "count": len(findings)}]
+    suggestion["summary"] = summarise(record, summary_findings, llm).to_dict()
+    z = findings[0]["axial_slice"] if findings else image.shape[0] // 2
+    pictures = {"image.png": display_uint8(image.pixels[z])}
+    _, version, sha256 = _model_identity(None)
+    model = {**NODULE_MODEL, "version": version, "sha256": sha256, "chosen": choice.to_dict()}
+    report = build_report(image_info={**image_info(image), "picture_slice": int(z)}, findings=findings,
+                          record=record, suggestion=suggestion, model=model)
+    datasets = {}
+    if study.is_dicom:
+        from .report.dicom import build_objects
+
+        datasets, report["dicom"] = build_objects(report, _dicom_inputs(study, None, [m for _, m in found], None, None),
+                                                  source=Path(image.source).name)
+    elif study.dicom_note:
+        report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
+    return report, pictures, datasets
 
 
 def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,
@@ -314,8 +394,9 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
     """Analyse a study already read (:func:`load_study`) and write its report folder; return the report.
 
     ``bundle`` None chooses the shipped model from the image (:func:`models.choose.choose_bundle`),
-    and the report says so and why (``model.chosen``). A CT volume in HU also gets lung-nodule
-    candidates (findings of kind ``"nodule candidate"``). DICOM input also gets ``sr.dcm``,
+    and the report says so and why (``model.chosen``); a CT volume, which no shipped classifier
+    reads, is then analysed by the lung-nodule search alone (:func:`_nodules_only`). A CT volume in
+    HU always gets lung-nodule candidates (findings of kind ``"nodule candidate"``). DICOM input also gets ``sr.dcm``,
     ``seg.dcm`` (when there are masks) and ``sc.dcm`` (when there is an overlay), listed in
     ``report["dicom"]["files"]``; they are written in the same atomic step as report.json.
     """
@@ -328,7 +409,12 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
         from .models.choose import choose_bundle
 
         choice = choose_bundle(image)
+        if choice.name is None:
+            report, pictures, datasets = _nodules_only(study, choice, *lung_nodules(image), record, llm)
+            write_report(report, out_dir, pictures, datasets)
+            return report
         bundle = _shipped_bundle(choice.name)
+    record = _read_record(record, bundle.finding, study)
     with _model_lock(bundle):
         finding, heat = detect(image, bundle, explain_with)
     plane = _display_plane(image.pixels, finding.region)
@@ -340,7 +426,7 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
     found, skipped = lung_nodules(image)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
-    suggestion["summary"] = summarise(record, [_for_summary(finding.to_dict())], llm).to_dict()
+    suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()
     findings = [finding.to_dict()] + [nodule_finding(c, image) for c, _ in found]
     report = build_report(image_info=image_info(image), findings=findings, record=record,
                           suggestion=suggestion, model=model_info(bundle))
@@ -366,7 +452,8 @@ def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle=No
 
     ``bundle`` is a loaded bundle, or None to choose one from the image (see :func:`analyze_loaded`).
     ``record`` is the patient's record (``records.merge.load_record``: note and/or FHIR facts,
-    demographics, contradictions) or None. ``llm`` is an optional ``records.llm.LLMConfig``: the
+    demographics, contradictions), a ``records.merge.RecordSource`` to read it with the chosen
+    model's body area and the study date, or None. ``llm`` is an optional ``records.llm.LLMConfig``: the
     summary then comes from the language model if its words pass the guardrail, else from the
     deterministic template (the report says which).
     """

@@ -46,10 +46,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze_image
     from .models.bundle import load_bundle
     from .records.llm import LLMConfig
-    from .records.merge import load_record
+    from .records.merge import RecordSource
+    from .suggest import record_area
 
-    bundle = load_bundle(args.model)
-    record = load_record(args.notes, args.record)
+    bundle = None if args.model == "auto" else load_bundle(args.model)
+    record = RecordSource(args.notes, args.record)
+    if record:  # a bad note or FHIR file fails once, here; each image reads it again with its study date
+        record.load(area=record_area(bundle.finding) if bundle is not None else "chest")
     llm = None
     if args.llm_url or args.llm_model:
         if not (args.llm_url and args.llm_model):
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. http://127.0.0.1:8080) to write the summary; off by default")
     a.add_argument("--llm-model", metavar="NAME", help="the model name that server expects")
     a.add_argument("--llm-timeout", type=float, default=30.0, metavar="S", help="seconds before falling back")
-    a.add_argument("--model", default="pneumonia", help="bundle path or shipped name (default: pneumonia)")
+    a.add_argument("--model", default="auto", help="bundle path or shipped name; 'auto' (default) chooses per "
+                   "image from its modality and dimensionality, and a CT volume gets the lung-nodule search")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
     a.add_argument("--explain", default="gradcam", choices=["gradcam", "gradcam++"],

@@ -8,6 +8,8 @@ post-processing maps (min, max) to (1, 0), which would flip the map, so we norma
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import cv2
@@ -37,6 +39,23 @@ class _AsColumn(torch.nn.Module):
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
 
 
+@contextlib.contextmanager
+def _hooks_removed_after(module: torch.nn.Module):
+    """Remove the hooks that MONAI's CAM registers on ``module`` once the map is made.
+
+    Why: MONAI's ``ModelWithHooks`` registers a forward and a backward hook on the target layer
+    each time a CAM is built and keeps no handle, so a long-running service or batch that explains
+    with one loaded model piles up hooks: every later forward pass runs (and caches) all of them.
+    """
+    before = (set(module._forward_hooks), set(module._backward_hooks))
+    try:
+        yield
+    finally:
+        for hooks, kept in zip((module._forward_hooks, module._backward_hooks), before):
+            for key in [k for k in hooks if k not in kept]:
+                del hooks[key]
+
+
 def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: tuple[int, ...],
             method: str = "gradcam") -> np.ndarray:
     """Grad-CAM (or Grad-CAM++) of the positive logit, upsampled (bi/trilinear) to ``out_shape``, in [0, 1].
@@ -61,11 +80,12 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
     """
     if method not in METHODS:
         raise SecondreadError(None, f"unknown explanation method {method!r} ({', '.join(METHODS)})")
-    cam = METHODS[method](nn_module=_AsColumn(model), target_layers=f"net.{layer}",
-                          upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),
-                          postprocessing=lambda x: x)
-    with torch.enable_grad():
-        raw = cam(batch.detach().clone().requires_grad_(True), class_idx=0)
+    with _hooks_removed_after(dict(model.named_modules())[layer]):
+        cam = METHODS[method](nn_module=_AsColumn(model), target_layers=f"net.{layer}",
+                              upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),
+                              postprocessing=lambda x: x)
+        with torch.enable_grad():
+            raw = cam(batch.detach().clone().requires_grad_(True), class_idx=0)
     heat = raw.detach().cpu().numpy()[0, 0].astype(np.float32)
     heat = np.clip(heat, 0.0, None)
     peak = float(heat.max())

@@ -158,3 +158,52 @@ def suggest(finding: Finding, facts: list[dict[str, Any]] | None, threshold: flo
         "record_agrees": record_agrees,
         "uncertainty": _uncertainty(finding, threshold, evidence, caveats or [], validation or {}),
     }
+
+
+LUNG_RADS_SOLID_MM = 6.0
+"""Lung-RADS v2022: a solid nodule of mean diameter >= 6 mm at baseline is no longer category 2
+(benign appearance); below it, annual screening continues. The size from which a candidate is
+put to the reader."""
+NODULE_CAVEATS = [
+    "the candidates come from classical image processing (HU lung mask, round blobs), checked on one "
+    "annotated scan of the public LIDC-IDRI collection: its sensitivity and false positives per scan are not validated",
+    "the ranking score orders candidates; it is not a calibrated probability",
+    "diameters are automatic Lung-RADS mean diameters, not a reader's calliper measurements",
+]
+
+
+def suggest_nodules(candidates: list[dict[str, Any]], facts: list[dict[str, Any]] | None,
+                    caveats: list[str] | None = None) -> dict[str, Any]:
+    """The suggestion for a CT volume whose findings are lung-nodule candidates (no classifier).
+
+    Same keys as :func:`suggest`; ``probability`` and ``operating_point`` are None because nothing
+    here is calibrated. A candidate of at least :data:`LUNG_RADS_SOLID_MM` is suggested for review.
+    """
+    large = [c for c in candidates if c["diameter_mm"] >= LUNG_RADS_SOLID_MM]
+    evidence = record_evidence("lung nodule", facts or [])
+    if not candidates:
+        head = "The lung-nodule search found no candidate in the lungs; a classical search can miss nodules."
+    elif large:
+        ranks = ", ".join(f"#{c['rank']} ({c['diameter_mm']:.1f} mm)" for c in large[:5])
+        head = (f"The lung-nodule search marks {len(candidates)} candidate(s); {len(large)} measure at least "
+                f"{LUNG_RADS_SOLID_MM:.0f} mm (Lung-RADS mean diameter): please review {ranks}.")
+    else:
+        head = (f"The lung-nodule search marks {len(candidates)} candidate(s), all below {LUNG_RADS_SOLID_MM:.0f} mm "
+                f"(largest {max(c['diameter_mm'] for c in candidates):.1f} mm).")
+    parts = [head]
+    if evidence["risk_factors"]:
+        parts.append("Risk factors in the record: " + _concepts(evidence["risk_factors"]) + ".")
+    if evidence["history"]:
+        parts.append("History in the record: " + _concepts(evidence["history"]) + ".")
+    return {
+        "finding": "lung nodule",
+        "suggested": bool(large),
+        "probability": None,
+        "operating_point": None,
+        "statement": " ".join(parts),
+        "evidence": {"image": {"candidates": len(candidates), "at_least_6_mm": [c["rank"] for c in large]},
+                     "record": evidence, "record_given": facts is not None},
+        "record_agrees": None,
+        "uncertainty": {"level": "low", "margin_to_threshold": None,
+                        "reasons": list(caveats or []) + NODULE_CAVEATS, "model_validation": {}},
+    }

@@ -201,7 +201,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     # an epoch of 1,188 volumes to ~10-20 s on 2 cores; no cross-validation was affordable here.
     "adrenalmnist3d": {
         "name": "adrenal-ct-3d", "finding": "adrenal hyperplasia", "positive_label": "hyperplasia",
-        "modalities": ["CT", "OT"],
+        "modalities": ["CT", "OT"], "input_kind": "binary mask",
         "positive_class": 1, "labels": {"0": "normal", "1": "hyperplasia"},
         "architecture": "compact_resnet",
         "arch_args": {"in_channels": 1, "spatial_dims": 3, "width": 16, "blocks": 1, "dropout": 0.2,
@@ -493,7 +493,8 @@ def train_bundle(dataset: str = "pneumoniamnist", out: str | os.PathLike = "bund
         "architecture": info["architecture"], "arch_args": args, "input_shape": list(x_tr.shape[2:]),
         "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
         "positive_class": int(info["positive_class"]), "finding": info["finding"],
-        "modalities": info["modalities"], **summary,
+        "modalities": info["modalities"], **({"input_kind": info["input_kind"]} if "input_kind" in info else {}),
+        **summary,
         "training": {"dataset": dataset, "split_used": "train", "n_train": int(len(x_tr)),
                      "n_val": int(len(x_val)), "limit": limit, "epochs_max": opt["epochs"],
                      "epochs_run": len(history), "best_epoch": best["epoch"], "patience": opt["patience"],

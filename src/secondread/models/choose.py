@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..image import Image
 
 PREFERRED = {"CR": "pneumonia", "DX": "pneumonia", "DR": "pneumonia", "RG": "pneumonia",
              "MG": "mammo-abnormal", "MR": "brain-mri-tumour", "US": "breast-us-28"}
 """2D modality -> the shipped bundle trained on that kind of image."""
 VOLUME_DEFAULT = "adrenal-ct-3d"
-"""The only shipped bundle that reads volumes."""
+"""The only shipped bundle that reads volumes: a binary segmentation mask of one adrenal gland
+(AdrenalMNIST3D), not CT intensities, so it is chosen only for a volume that is such a mask."""
+NO_MODEL_FOR_CT = ("no shipped classifier reads a whole CT volume (adrenal-ct-3d reads a binary segmentation "
+                   "mask of one adrenal gland); the lung-nodule search reads it")
+"""Why a CT volume gets no classifier: its findings are the lung-nodule candidates."""
 FALLBACK_2D = "pneumonia"
 """2D images of any other modality (CT slices, OT pictures...): the chest X-ray model, with the
 domain caveat the report adds when the modality is not one it was trained on."""
@@ -27,7 +33,7 @@ domain caveat the report adds when the modality is not one it was trained on."""
 class Choice:
     """The bundle chosen for an image and why, in words a report can show."""
 
-    name: str
+    name: str | None   # None: no shipped classifier fits (see :data:`NO_MODEL_FOR_CT`)
     reason: str
 
     def to_dict(self) -> dict[str, str]:
@@ -55,19 +61,35 @@ def _configs() -> dict[str, dict]:
     return {name: json.loads((ZOO / name / "bundle.json").read_text(encoding="utf-8")) for name in shipped_names()}
 
 
-def choose_bundle(image: Image, configs: dict[str, dict] | None = None) -> Choice:
-    """The shipped bundle whose dimensionality and modality fit ``image``.
+def is_binary_mask(pixels: np.ndarray) -> bool:
+    """True for a volume of 0s and 1s only (a segmentation mask, what the 3D bundle reads).
 
-    Rules, in order: a volume goes to the 3D bundle (:data:`VOLUME_DEFAULT`); a 2D image of a
-    modality in :data:`PREFERRED` goes to that bundle; any other 2D image to :data:`FALLBACK_2D`.
-    A preferred bundle that is missing or declares other ``modalities``/``input_shape`` is not
-    used: the first shipped bundle that fits is, and failing that the fallback.
+    >>> is_binary_mask(np.array([[0, 1], [1, 0]])), is_binary_mask(np.array([[0, 0.5]]))
+    (True, False)
+    """
+    return bool(((pixels == 0) | (pixels == 1)).all())
+
+
+def choose_bundle(image: Image, configs: dict[str, dict] | None = None) -> Choice:
+    """The shipped bundle whose dimensionality, modality and kind of input fit ``image``.
+
+    Rules, in order: a volume that is a binary mask goes to the 3D bundle (:data:`VOLUME_DEFAULT`);
+    any other volume gets no classifier (``Choice.name`` None; a CT volume's findings are then its
+    lung-nodule candidates); a 2D image of a modality in :data:`PREFERRED` goes to that bundle; any
+    other 2D image to :data:`FALLBACK_2D`. A preferred bundle that is missing or declares other
+    ``modalities``/``input_shape`` is not used: the first shipped bundle that fits is, and failing
+    that the fallback.
 
     >>> choose_bundle(Image(np.zeros((64, 64)), modality="MR")).name   # doctest: +SKIP
     'brain-mri-tumour'
     """
     configs = _configs() if configs is None else configs
     ndim, modality = image.pixels.ndim, (image.modality or "").upper()
+    if ndim == 3 and not is_binary_mask(image.pixels):
+        if modality == "CT":
+            return Choice(None, f"the input is a CT volume; {NO_MODEL_FOR_CT}")
+        return Choice(None, f"the input is a volume of modality {modality or 'unknown'} and no shipped model reads "
+                            f"such volumes (adrenal-ct-3d reads a binary segmentation mask of one adrenal gland)")
     kind = "a volume" if ndim == 3 else "a 2D image"
     wanted = VOLUME_DEFAULT if ndim == 3 else PREFERRED.get(modality)
     if wanted and _fits(wanted, ndim, modality, configs):

@@ -19,6 +19,9 @@ emphysema" answers a note's "no COPD").
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from typing import Any
 
 from secondread.records.fhir import PatientRecord, code_maps
@@ -62,6 +65,26 @@ def merge_record(notes, fhir: PatientRecord | None, area: str | None = None) -> 
         "fhir": {k: extra[k] for k in ("smoking", "vitals", "medications", "imaging", "other_conditions")}
         if fhir is not None else None,
     }
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """Where a patient's record is (a note and/or a FHIR bundle), read once the study is known.
+
+    Why not read it up front: which rules read the note depends on the body area of the model the
+    image is given to (chosen per image when the user names none), and a FHIR age is the age on the
+    study date, which is in the image's header. :func:`secondread.analyze.analyze_loaded` calls
+    :meth:`load` with both.
+    """
+
+    notes: str | os.PathLike | None = None
+    fhir: str | os.PathLike | None = None
+
+    def __bool__(self) -> bool:
+        return self.notes is not None or self.fhir is not None
+
+    def load(self, area: str = "chest", reference_date=None) -> dict[str, Any] | None:
+        return load_record(self.notes, self.fhir, area=area, reference_date=reference_date)
 
 
 def load_record(notes_path=None, fhir_path=None, area: str = "chest",
