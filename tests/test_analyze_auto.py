@@ -123,3 +123,32 @@ def test_one_series_of_a_folder_with_two(data_root, tmp_path):
     assert report["model"]["chosen"]["name"] == "pneumonia" and "nodules" not in report
     assert all(not f.get("kind") for f in report["findings"])
     assert (tmp_path / "r" / "sr.dcm").is_file() and not (tmp_path / "r" / "seg.dcm").exists()
+
+
+def test_record_is_read_with_the_models_area_and_ages_on_the_study_date(data_root, tmp_path):
+    """A note given with a brain MRI is read with the brain rules, and a FHIR age is the age on the
+    study date in the DICOM header (not today), which the report never prints."""
+    import datetime as dt
+
+    import pydicom
+
+    from secondread.analyze import load_study, study_date
+    from secondread.records.fhir import read_fhir
+    from secondread.records.merge import RecordSource
+
+    note = tmp_path / "note.txt"
+    note.write_text("CLINICAL HISTORY: new-onset seizures and morning headaches. No focal weakness.\n")
+    fhir = sorted((data_root / "text" / "fhir-synthea").glob("*.json"))[0]
+    path = data_root / "dicom" / "MR_small.dcm"
+    report = analyze_image(path, tmp_path / "r", record=RecordSource(note, fhir))
+    assert report["model"]["chosen"]["name"] == "brain-mri-tumour" and report["record"]["area"] == "brain"
+    supports = {f["concept"] for f in report["suggestion"]["evidence"]["record"]["supports"]}
+    assert {"seizure", "headache"} <= supports
+    # the age is the age on the study date: compare with the FHIR reader given that date directly
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    taken = dt.datetime.strptime(str(header.StudyDate), "%Y%m%d").date()
+    assert study_date(load_study(path)) == taken
+    expected = read_fhir(fhir, reference_date=taken).to_dict()["demographics"]
+    assert report["record"]["demographics"]["age"] == expected["age"]
+    assert report["record"]["demographics"]["age_at"] == "reference date"
+    assert str(header.StudyDate) not in (tmp_path / "r" / "report.json").read_text()
