@@ -389,16 +389,30 @@ def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, 
     return report, pictures, datasets
 
 
-def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,
-                   record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
-    """Analyse a study already read (:func:`load_study`) and write its report folder; return the report.
+@dataclass
+class Analysis:
+    """What one analysis produced, before anything is written: the report dict, its pictures
+    (name -> array) and DICOM objects (name -> pydicom Dataset). ``finding`` is the classifier's
+    Finding, None when the nodule search alone read the study."""
+
+    report: dict[str, Any]
+    pictures: dict[str, np.ndarray]
+    datasets: dict[str, Any]
+    finding: Finding | None = None
+
+
+def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str = "gradcam") -> Analysis:
+    """Analyse a study already read (:func:`load_study`); write nothing.
 
     ``bundle`` None chooses the shipped model from the image (:func:`models.choose.choose_bundle`),
     and the report says so and why (``model.chosen``); a CT volume, which no shipped classifier
     reads, is then analysed by the lung-nodule search alone (:func:`_nodules_only`). A CT volume in
-    HU always gets lung-nodule candidates (findings of kind ``"nodule candidate"``). DICOM input also gets ``sr.dcm``,
-    ``seg.dcm`` (when there are masks) and ``sc.dcm`` (when there is an overlay), listed in
-    ``report["dicom"]["files"]``; they are written in the same atomic step as report.json.
+    HU always gets lung-nodule candidates (findings of kind ``"nodule candidate"``). DICOM input
+    also gets ``sr.dcm``, ``seg.dcm`` (when there are masks) and ``sc.dcm`` (when there is an
+    overlay), listed in ``report["dicom"]["files"]``.
+
+    Why separate from writing: the batch runner writes into its own staging folders (and Ray
+    workers return bytes), while :func:`analyze_loaded` writes one report folder atomically.
     """
     if isinstance(study, Image):
         study = LoadedStudy(study)
@@ -410,9 +424,7 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
 
         choice = choose_bundle(image)
         if choice.name is None:
-            report, pictures, datasets = _nodules_only(study, choice, *lung_nodules(image), record, llm)
-            write_report(report, out_dir, pictures, datasets)
-            return report
+            return Analysis(*_nodules_only(study, choice, *lung_nodules(image), record, llm))
         bundle = _shipped_bundle(choice.name)
     record = _read_record(record, bundle.finding, study)
     with _model_lock(bundle):
@@ -442,8 +454,16 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
         datasets, report["dicom"] = build_objects(report, inputs, source=Path(image.source).name)
     elif study.dicom_note:
         report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
-    write_report(report, out_dir, pictures, datasets)
-    return report
+    return Analysis(report, pictures, datasets, finding)
+
+
+def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,
+                   record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
+    """Analyse a study already read (:func:`load_study`, see :func:`compose`) and write its report
+    folder; the DICOM objects are written in the same atomic step as report.json. Returns the report."""
+    result = compose(study, bundle, record, llm, explain_with)
+    write_report(result.report, out_dir, result.pictures, result.datasets)
+    return result.report
 
 
 def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle=None,
