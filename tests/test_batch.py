@@ -183,3 +183,24 @@ def test_ray_resumes_a_partial_journal_with_identical_results(pngs, reference, t
         assert (rows[sid]["status"], rows[sid]["probability"], rows[sid]["error"]) == \
                (ref[sid]["status"], ref[sid]["probability"], ref[sid]["error"])
         assert rows[sid]["attempts"] == 1  # no study recorded twice
+
+
+def test_auto_model_reads_a_ct_series_with_the_nodule_search_and_writes_dicom(data_root, tmp_path):
+    """``--model auto``: the LIDC CT goes to the lung-nodule search (SR + SEG beside its report),
+    a CR goes to the pneumonia model; each row says which model spoke, once."""
+    folder = tmp_path / "in"
+    shutil.copytree(data_root / "ct" / "LIDC-IDRI-0001" / "series", folder / "lidc")
+    shutil.copy(data_root / "dicom" / "RG3_UNCR.dcm", folder / "cr.dcm")
+    out = tmp_path / "out"
+    summary = run_batch(folder, out, models=["auto"], workers=0, progress=False)
+    rows = {Path(r["source"]).name: r for r in rows_of(out)}
+    assert summary.rows["done"] == 2 and set(rows) == {"lidc", "cr.dcm"}
+    ct, cr = rows["lidc"], rows["cr.dcm"]
+    assert ct["model"] == cr["model"] == "auto"
+    assert ct["model_used"] == "lung-nodule-candidates" and ct["probability"] is None
+    assert ct["decision"] == "review (>= 6 mm)" and ct["positive"] and "largest" in ct["region"]
+    report = json.loads((out / ct["report"] / "report.json").read_text())
+    assert ct["region"].startswith(f"{len(report['findings'])} nodule candidate(s)")
+    assert {p.name for p in (out / ct["report"]).glob("*.dcm")} == {"sr.dcm", "seg.dcm"}
+    assert cr["model_used"] == "pneumonia" and 0 <= cr["probability"] <= 1
+    assert (out / cr["report"] / "sr.dcm").is_file()

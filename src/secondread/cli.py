@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="analyse a whole folder, manifest or data set; resumable, exactly once")
     b.add_argument("input", metavar="INPUT", help="a folder, a CSV manifest (path[,notes][,fhir]) or a data set folder")
     b.add_argument("--out", required=True, metavar="DIR", help="report folders, journal.sqlite, results.parquet")
-    b.add_argument("--model", action="append", metavar="NAME", help="bundle name or path (repeatable; default pneumonia)")
+    b.add_argument("--model", action="append", metavar="NAME", help="bundle name or path, or 'auto' to choose per study (a CT volume: the "
+                   "lung-nodule search); repeatable; default pneumonia")
     b.add_argument("--workers", type=int, default=1, help="worker processes (0 = in this process)")
     b.add_argument("--retry-failed", action="store_true", help="analyse again the studies that failed before")
     b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",

@@ -44,6 +44,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("decision", "TEXT", "string"),
     ("positive", "INTEGER", "bool_"),
     ("region", "TEXT", "string"),
+    ("model_used", "TEXT", "string"),
     ("error", "TEXT", "string"),
     *((f"t_{s}", "REAL", "float64") for s in STAGES),
     ("t_total", "REAL", "float64"),
@@ -91,6 +92,10 @@ class Journal:
             self.db.execute("PRAGMA synchronous=NORMAL")
             cols = ", ".join(f"{n} {t}" for n, t, _ in COLUMNS)
             self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, PRIMARY KEY (study_id, model))")
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+            for name, kind, _ in COLUMNS:  # a journal of an earlier release: new columns start empty
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:

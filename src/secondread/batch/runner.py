@@ -236,9 +236,11 @@ def _load_bundles(models: Sequence[str]) -> dict[str, Any]:
     """
     from ..models.bundle import load_bundle
 
+    from .work import AUTO
+
     bundles = {}
     for name in models:
-        bundle = load_bundle(name, backend="torch")
+        bundle = AUTO if name == "auto" else load_bundle(name, backend="torch")
         bundles[bundle.name] = bundle
     return bundles
 

@@ -6,9 +6,10 @@ returns the report *files as bytes* instead of writing them into the output fold
 the only writer of the output folder and the journal, which is what makes a batch exactly-once
 (and lets Ray workers on other machines run without a shared output disk).
 
-The steps are those of :func:`secondread.analyze.analyze_image`, composed from its public parts
-so that each stage can be timed (``load``, ``record``, ``infer``, ``explain``, ``report``); a test
-checks that the report is the one ``analyze_image`` writes.
+The analysis is :func:`secondread.analyze.compose`, the one ``analyze`` runs, so a batch report is
+the report ``analyze`` writes (a test checks it); the stages are timed around it: ``load``,
+``record``, ``infer`` (the model's forward pass), ``explain`` (the rest of the analysis: Grad-CAM,
+nodule search, report and DICOM objects built), ``report`` (rendering) and ``write``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..analyze import detect, domain_caveats, image_info, model_info
+from .. import analyze
 from ..errors import SecondreadError
-from ..explain import display_uint8, overlay
-from ..io import load_image
-from ..records.llm import summarise
 from ..explain import save_png
-from ..report import build_report
 from ..report.build import render_html, to_json
-from ..suggest import suggest
 from .discover import Study
 
 STAGES = ("load", "record", "infer", "explain", "report", "write")
@@ -45,8 +41,8 @@ BEFORE_STUDY: Callable[[Study], None] | None = None
 
 
 class _Timed:
-    """A bundle whose ``predict_proba`` time is measured: it separates inference from Grad-CAM in
-    :func:`secondread.analyze.detect` without changing it."""
+    """A bundle whose ``predict_proba`` time is measured: it separates inference from the rest of
+    :func:`secondread.analyze.compose` without changing it."""
 
     def __init__(self, bundle):
         self._bundle, self.seconds = bundle, 0.0
@@ -69,20 +65,14 @@ def _npz_split(path: str, split: str) -> np.ndarray:
     return load_split(path, split)[0]
 
 
-def load_study(study: Study):
-    """The study's Image; every problem is a SecondreadError (a FIFO or broken link is named as
-    such before anything tries to open it)."""
+def load_study(study: Study) -> "analyze.LoadedStudy":
+    """The study read once (the Image, plus the DICOM headers its SR/SEG/SC reference); every
+    problem is a SecondreadError (a FIFO or broken link is named as such before anything tries to
+    open it)."""
     if study.error:
         raise SecondreadError(study.source, study.error)
     if study.kind == "series":
-        from ..io.series import read_series
-
-        try:
-            return read_series(study.path, series_uid=study.series_uid)
-        except SecondreadError:
-            raise
-        except Exception as exc:
-            raise SecondreadError(study.path, f"cannot read the series ({type(exc).__name__})") from None
+        return analyze.load_study(study.path, series_uid=study.series_uid)
     try:
         mode = os.stat(study.path).st_mode
     except FileNotFoundError:
@@ -103,20 +93,36 @@ def load_study(study: Study):
         except Exception as exc:
             raise SecondreadError(study.source, f"cannot read the image ({type(exc).__name__})") from None
         info = INFO.get(_dataset_name(Path(study.path)) or "", {})
-        return Image(pixels=np.asarray(pixels, dtype=np.float32), modality=info.get("modality", "OT"),
-                     spacing=info.get("spacing"), source=study.source.replace("/", "-"))
-    return load_image(study.path)
+        return analyze.LoadedStudy(Image(pixels=np.asarray(pixels, dtype=np.float32), modality=info.get("modality", "OT"),
+                                         spacing=info.get("spacing"), source=study.source.replace("/", "-")))
+    return analyze.load_study(study.path)
+
+
+class _Auto:
+    """``--model auto``: the model is chosen per study (:func:`secondread.models.choose.choose_bundle`);
+    the row's ``model`` stays ``auto`` (the journal's key) and ``model_used`` says which spoke."""
+
+    name = "auto"
+    sha256 = None
+    finding = None
+
+
+AUTO = _Auto()
 
 
 def _skip_reason(image, bundle) -> str | None:
     """Why this model has nothing to say about this image (a stated skip, not a failure)."""
+    if isinstance(bundle, _Auto):
+        from ..models.choose import choose_bundle
+
+        choice = choose_bundle(image)
+        no_reader = choice.name is None and not (image.modality == "CT" and image.pixels.ndim == 3)
+        return choice.reason if no_reader else None
     model_dims = len(bundle.config.get("input_shape", [])) or 2
     if image.pixels.ndim == 3 and model_dims == 2:
         return f"no model for {image.modality or 'image'} volumes yet ({bundle.name} reads 2D images)"
     if image.pixels.ndim == 2 and model_dims == 3:
         return f"{bundle.name} reads volumes; this is a 2D image"
-    if model_dims == 3:
-        return f"3D models are not run by the batch yet ({bundle.name})"
     return None
 
 
@@ -135,7 +141,7 @@ def _row(study: Study, bundle, status: str, **values) -> dict[str, Any]:
     row = {"study_id": study.study_id, "source": study.source, "kind": study.kind,
            "model": getattr(bundle, "name", str(bundle)), "model_sha256": getattr(bundle, "sha256", None),
            "status": status, "probability": None, "decision": None, "positive": None, "region": None,
-           "error": None, **{f"t_{s}": None for s in STAGES}}
+           "model_used": None, "error": None, **{f"t_{s}": None for s in STAGES}}
     row.update(values)
     return row
 
@@ -203,57 +209,82 @@ def place_files(out: Path, study_id: str, model: str, files: dict[str, bytes]) -
     return place(out, study_id, model, lambda folder: [_write_file(folder / n, d) for n, d in files.items()])
 
 
-def write_files(folder: Path, report: dict, pictures: dict) -> None:
+def write_files(folder: Path, report: dict, pictures: dict, datasets: dict | None = None) -> None:
     """The files :func:`secondread.report.write_report` writes, with its renderers, straight into
     ``folder``: it is already a private staging folder that :func:`place` renames into place whole,
     so write_report's own staging (a temporary folder and a rename per file) would only add file
     system calls, the largest share of a small study's time (py-spy). A test checks that both
     write the same files and the same report.json."""
+    from ..report import dicom
+
     for name, array in pictures.items():
         save_png(folder / name, array)
+    for name, ds in (datasets or {}).items():
+        dicom.save(ds, folder / name)
     (folder / "report.html").write_text(render_html(report), encoding="utf-8")
     (folder / "report.json").write_text(to_json(report) + "\n", encoding="utf-8")
 
 
-def _render(report: dict, pictures: dict, scratch: Path) -> dict[str, bytes]:
+def _render(report: dict, pictures: dict, datasets: dict, scratch: Path) -> dict[str, bytes]:
     """The report folder's files as bytes (written into a private scratch folder)."""
     folder = Path(tempfile.mkdtemp(dir=scratch))
     try:
-        write_files(folder, report, pictures)
+        write_files(folder, report, pictures, datasets)
         return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _analyse_one(study: Study, image, bundle, record, times: dict, scratch: Path, out: Path | None):
-    timed = _Timed(bundle)
+def _values(result: "analyze.Analysis", bundle) -> dict[str, Any]:
+    """The row's outcome columns: the classifier's probability and decision, or for a CT read by
+    the nodule search alone, the candidates (no probability: nothing there is calibrated)."""
+    report = result.report
+    if result.finding is None:
+        nodules = report["findings"]
+        largest = max((f["diameter_mm"] for f in nodules), default=None)
+        region = f"{len(nodules)} nodule candidate(s)" + (f", largest {largest:.1f} mm" if largest else "")
+        return {"probability": None, "decision": "review (>= 6 mm)" if report["suggestion"]["suggested"] else "none",
+                "positive": bool(report["suggestion"]["suggested"]), "region": region,
+                "model_used": report["model"]["name"]}
+    spoke = analyze._shipped_bundle(report["model"]["name"]) if isinstance(bundle, _Auto) else bundle
+    decision = spoke.decide(result.finding.probability)
+    return {"probability": float(result.finding.probability), "decision": decision["operating_point"] or "none",
+            "positive": bool(decision["positive"]), "region": region_summary(result.finding.region),
+            "model_used": report["model"]["name"]}
+
+
+def _analyse_one(study: Study, loaded, bundle, record, times: dict, scratch: Path, out: Path | None):
+    timed = None if isinstance(bundle, _Auto) else _Timed(bundle)
     t = time.perf_counter()
-    finding, heat = detect(image, timed)
-    times["infer"] = timed.seconds
-    times["explain"] = time.perf_counter() - t - timed.seconds
+    result = analyze.compose(loaded, timed, record, None)  # llm None: the deterministic summary
+    infer = timed.seconds if timed is not None else 0.0
+    times["infer"], times["explain"] = infer, time.perf_counter() - t - infer
+    values = _values(result, bundle)
     t = time.perf_counter()
-    pictures = {"image.png": display_uint8(image.pixels)}
-    if heat is not None:
-        finding.heatmap, finding.overlay = "heatmap.png", "overlay.png"
-        pictures["heatmap.png"] = np.round(heat * 255).astype(np.uint8)
-        pictures["overlay.png"] = overlay(image.pixels, heat, finding.region)
-    facts = record["facts"] if record else None
-    suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
-    suggestion["summary"] = summarise(record, [finding.to_dict()], None).to_dict()  # deterministic template
-    report = build_report(image_info=image_info(image), findings=[finding.to_dict()], record=record,
-                          suggestion=suggestion, model=model_info(bundle))
-    decision = bundle.decide(finding.probability)
-    values = {"probability": float(finding.probability), "decision": decision["operating_point"] or "none",
-              "positive": bool(decision["positive"]), "region": region_summary(finding.region)}
     if out is None:  # Ray: the files travel to the driver, which writes them
-        files = _render(report, pictures, scratch)
+        files = _render(result.report, result.pictures, result.datasets, scratch)
         times["report"] = time.perf_counter() - t
         return values, files
-    times["report"] = time.perf_counter() - t
-    t = time.perf_counter()
-    values["report"] = place(out, study.study_id, bundle.name, lambda folder: write_files(folder, report, pictures))
+    values["report"] = place(out, study.study_id, bundle.name,
+                             lambda folder: write_files(folder, result.report, result.pictures, result.datasets))
     times["write"] = time.perf_counter() - t
     return values, None
+
+
+def _record(study: Study, loaded, bundle, times: dict):
+    """The study's record, read with the rules of the model's body area and ages on the study date
+    (for ``auto``, :func:`secondread.analyze.compose` reads it once the model is chosen)."""
+    from ..records.merge import RecordSource
+    from ..suggest import record_area
+
+    source = RecordSource(study.notes, study.fhir)
+    if not source or isinstance(bundle, _Auto):
+        return source or None
+    t = time.perf_counter()
+    try:
+        return source.load(area=record_area(bundle.finding), reference_date=analyze.study_date(loaded))
+    finally:
+        times["record"] = time.perf_counter() - t
 
 
 def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathLike,
@@ -273,16 +304,10 @@ def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathL
     times = dict.fromkeys(STAGES, 0.0)
     t = time.perf_counter()
     try:
-        image = load_study(study)
+        loaded = load_study(study)
+        image = loaded.image
         image.check_usable()
         times["load"] = time.perf_counter() - t
-        record = None
-        if study.notes or study.fhir:
-            from ..records.merge import load_record
-
-            t = time.perf_counter()
-            record = load_record(study.notes, study.fhir)
-            times["record"] = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 - every failure of one study is that study's, never the batch's
         reason = exc.problem if isinstance(exc, SecondreadError) else f"cannot read the study ({type(exc).__name__})"
         times["load"] = time.perf_counter() - t
@@ -297,7 +322,8 @@ def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathL
                                          **{f"t_{k}": v for k, v in per.items()}), "files": None})
             continue
         try:
-            values, files = _analyse_one(study, image, bundle, record, per, scratch, None if out is None else Path(out))
+            record = _record(study, loaded, bundle, per)
+            values, files = _analyse_one(study, loaded, bundle, record, per, scratch, None if out is None else Path(out))
         except Exception as exc:  # noqa: BLE001
             reason = exc.problem if isinstance(exc, SecondreadError) else f"analysis failed ({type(exc).__name__})"
             outcomes.append({"row": _row(study, bundle, "failed", error=reason,
