@@ -307,7 +307,19 @@ def structured_payload(record_summary: dict | None, findings: list[dict] | None)
         "contradictions": [{k: c.get(k) for k in ("concept", "note_says", "record_says")}
                            for c in record_summary.get("contradictions") or []],
     }
-    return json.loads(scrub(json.dumps(payload)))
+    return _scrub_strings(payload)
+
+
+def _scrub_strings(value: Any) -> Any:
+    """Scrub every string in a JSON-like value; numbers stay numbers (a volume of 123456 mm³ is
+    not an identifier, and scrubbing the serialised JSON would break it)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(v) for v in value]
+    return value
 
 
 def _stance(fact: dict) -> str:
