@@ -1,0 +1,167 @@
+"""What the web viewer looks at: a study's pixels and overlays, kept in memory for a while.
+
+Why: window/level and slice scrolling need the pixel values, not one rendered picture; sending a
+whole CT volume to the browser would be slow, and keeping it on disk would leave patient data
+behind. So the server keeps a reduced copy (int16 pixels, uint8 heat map and region mask) in a
+small least-recently-used cache with an expiry, and renders one slice at a time as PNG.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage import measure
+
+MAX_SIDE = 512  # in-plane size the viewer gets at most (a 512 x 512 CT slice stays whole)
+
+
+@dataclass
+class View:
+    """One analysed study, ready to be shown. Arrays are ``[slices, rows, cols]`` (2D images: 1 slice)."""
+
+    pixels: np.ndarray            # int16, after ``offset`` and ``scale``: value = pixels * scale + offset
+    scale: float
+    offset: float
+    heat: np.ndarray | None       # uint8 0..255
+    mask: np.ndarray | None       # bool: the finding's region
+    info: dict[str, Any]          # shape, window, boxes, spacing: JSON for the page
+    created: float = field(default_factory=time.monotonic)
+
+    def values(self, z: int) -> np.ndarray:
+        return self.pixels[z].astype(np.float32) * self.scale + self.offset
+
+
+def _reduce(volume: np.ndarray) -> tuple[np.ndarray, int]:
+    """Shrink rows/cols by an integer step so neither exceeds MAX_SIDE; return array and step."""
+    step = max(1, int(np.ceil(max(volume.shape[1:]) / MAX_SIDE)))
+    return volume[:, ::step, ::step], step
+
+
+def _to_int16(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Values as int16 (exact for integral HU; scaled otherwise) with the scale and offset to undo it."""
+    lo, hi = float(values.min()), float(values.max())
+    if float(np.abs(values - np.round(values)).max()) == 0 and lo >= -32768 and hi <= 32767:
+        return values.astype(np.int16), 1.0, 0.0
+    scale = (hi - lo) / 65535 if hi > lo else 1.0
+    return np.round((values - lo) / scale - 32768).astype(np.int16), scale, lo + 32768 * scale
+
+
+def default_window(values: np.ndarray, header: dict | None) -> dict[str, float]:
+    """The header's window when there is one (CT), else the 0.5-99.5 percentile range."""
+    if header and header.get("center") is not None and header.get("width"):
+        return {"center": float(header["center"]), "width": float(header["width"])}
+    lo, hi = np.percentile(values[:: max(1, values.shape[0] // 16)], [0.5, 99.5])
+    return {"center": float((lo + hi) / 2), "width": float(max(hi - lo, 1e-3))}
+
+
+def region_mask(heat: np.ndarray, region: dict | None) -> np.ndarray | None:
+    """The finding's region as a mask: the connected part of ``heat >= level * peak`` holding the
+    peak (what ``explain.hottest_region`` measured), so the contour drawn is what was measured."""
+    if region is None or heat is None or heat.max() <= 0:
+        return None
+    labels = measure.label(heat >= region.get("level", 0.5) * float(heat.max()), connectivity=heat.ndim)
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return labels == labels[peak]
+
+
+def make_view(image, heat: np.ndarray | None, report: dict[str, Any]) -> View:
+    """Build a View from the loaded image, its full-size heat map and the report."""
+    volume = image.pixels if image.pixels.ndim == 3 else image.pixels[None]
+    volume = np.asarray(volume, dtype=np.float32)
+    heat3 = None if heat is None else (heat if heat.ndim == 3 else heat[None])
+    finding = (report.get("findings") or [{}])[0]
+    mask = region_mask(heat3, finding.get("region")) if heat3 is not None else None
+    small, step = _reduce(volume)
+    pixels, scale, offset = _to_int16(small)
+    boxes = []
+    region = finding.get("region")
+    if region:
+        boxes.append({"label": finding.get("label"), "x_min": region["x_min"] / step, "x_max": region["x_max"] / step,
+                      "y_min": region["y_min"] / step, "y_max": region["y_max"] / step,
+                      "z_min": region.get("z_min", 0), "z_max": region.get("z_max", 1)})
+    meta = image.metadata or {}
+    window = default_window(small, meta.get("window") if image.pixels.ndim == 3 else None)
+    peak_z = (region or {}).get("peak", {}).get("z", volume.shape[0] // 2) if region else volume.shape[0] // 2
+    info = {"slices": int(pixels.shape[0]), "rows": int(pixels.shape[1]), "cols": int(pixels.shape[2]),
+            "step": step, "window": window, "range": [float(small.min()), float(small.max())],
+            "start_slice": int(peak_z), "boxes": boxes, "heatmap": heat3 is not None, "mask": mask is not None,
+            "units": meta.get("units")}
+    return View(pixels=pixels, scale=scale, offset=offset,
+                heat=None if heat3 is None else np.round(heat3[:, ::step, ::step] * 255).astype(np.uint8),
+                mask=None if mask is None else mask[:, ::step, ::step], info=info)
+
+
+def png(array: np.ndarray) -> bytes:
+    """PNG bytes of a grey (2D) or RGBA (H x W x 4, RGBA order) uint8 array."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def render_slice(view: View, z: int, center: float, width: float) -> bytes:
+    """Slice ``z`` windowed linearly (PS3.3 C.11.2.1.2 style: center/width) to 8 bits."""
+    values = view.values(z)
+    lo = center - width / 2
+    grey = np.clip((values - lo) / max(width, 1e-6), 0, 1)
+    return png(np.round(grey * 255).astype(np.uint8))
+
+
+def render_heat(view: View, z: int) -> bytes:
+    """The heat map of slice ``z`` in JET colours, transparent where the map is cold."""
+    heat = view.heat[z]
+    colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    alpha = np.round(heat.astype(np.float32) * 0.6).astype(np.uint8)
+    return png(np.dstack([colour, alpha]))
+
+
+def render_contour(view: View, z: int) -> bytes:
+    """The outline of the finding's region on slice ``z`` (yellow, 1-2 px), elsewhere transparent."""
+    mask = view.mask[z].astype(np.uint8)
+    out = np.zeros(mask.shape + (4,), np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (255, 220, 0, 255), max(1, round(max(mask.shape) / 256)))
+    return png(out)
+
+
+class ViewStore:
+    """A thread-safe LRU of Views with an expiry; ids are unguessable (and the routes need the token)."""
+
+    def __init__(self, slots: int, ttl_s: float):
+        self.slots, self.ttl_s = slots, ttl_s
+        self._views: OrderedDict[str, View] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, view: View) -> str:
+        key = secrets.token_urlsafe(16)
+        with self._lock:
+            self._expire()
+            self._views[key] = view
+            while len(self._views) > self.slots:
+                self._views.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> View | None:
+        with self._lock:
+            self._expire()
+            view = self._views.get(key)
+            if view is not None:
+                self._views.move_to_end(key)
+            return view
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._views.items() if now - v.created > self.ttl_s]:
+            del self._views[key]
+
+    def __len__(self) -> int:
+        return len(self._views)
