@@ -17,6 +17,7 @@ in one temporary folder that is removed in a ``finally``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import inspect
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -79,7 +81,9 @@ class BundlePool:
             from ..models.bundle import load_bundle
             q: queue.Queue = queue.Queue()
             for _ in range(self.copies):
-                q.put(load_bundle(name))
+                bundle = load_bundle(name)
+                bundle.prepare = remember_last(bundle.prepare)
+                q.put(bundle)
             self._pools[name] = q
         return self._pools[name]
 
@@ -91,6 +95,24 @@ class BundlePool:
             yield bundle
         finally:
             pool.put(bundle)
+
+
+def remember_last(prepare):
+    """``prepare`` that returns its last result again for the same pixels (same bytes).
+
+    Why: the report's Grad-CAM and the viewer's both preprocess the same study; for a CT series
+    the 3D resize is the slow step (seconds), and a bundle copy serves one request at a time, so
+    one remembered result per copy is enough.
+    """
+    last: dict[str, Any] = {}
+
+    def cached(pixels):
+        arr = np.ascontiguousarray(pixels)
+        key = (arr.shape, str(arr.dtype), hashlib.blake2b(arr.data, digest_size=16).digest())
+        if last.get("key") != key:
+            last.update(key=key, value=prepare(pixels))
+        return last["value"].clone()
+    return cached
 
 
 def pick_bundle(path: Path, forced: str | None) -> str:
@@ -174,11 +196,8 @@ class Service:
         return report
 
     def _make_view(self, path: Path, bundle, report: dict) -> dict[str, Any]:
-        from ..analyze import detect
         from ..io import load_image
-        image = load_image(path)
-        heat = detect(image, bundle)[1] if report["findings"][0].get("region") else None
-        view = make_view(image, heat, report)
+        view = make_view(load_image(path), bundle, report)
         return {"id": self.views.add(view), **view.info}
 
 

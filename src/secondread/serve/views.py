@@ -71,31 +71,51 @@ def region_mask(heat: np.ndarray, region: dict | None) -> np.ndarray | None:
     return labels == labels[peak]
 
 
-def make_view(image, heat: np.ndarray | None, report: dict[str, Any]) -> View:
-    """Build a View from the loaded image, its full-size heat map and the report."""
-    volume = image.pixels if image.pixels.ndim == 3 else image.pixels[None]
-    volume = np.asarray(volume, dtype=np.float32)
-    heat3 = None if heat is None else (heat if heat.ndim == 3 else heat[None])
-    finding = (report.get("findings") or [{}])[0]
-    mask = region_mask(heat3, finding.get("region")) if heat3 is not None else None
+HEAT_SIDE_3D = 128  # in-plane size of a volume's heat map in the viewer (a smooth map; cheap to explain)
+
+
+def viewer_heat(image, bundle, shape: tuple[int, ...]) -> np.ndarray:
+    """The finding's Grad-CAM map, computed again at the viewer's grid ``shape``.
+
+    Why again: ``analyze_image`` keeps only the picture of one plane; and explaining at the viewer's
+    grid instead of the full CT grid costs a fraction of a second rather than many seconds. Same
+    network, same layer, same method as the report (``explain.gradcam``), so it shows the same map.
+    """
+    from ..explain import gradcam
+    batch = bundle.prepare(image.pixels)[None]
+    return gradcam(bundle.model, bundle.model.gradcam_layer, batch, shape)
+
+
+def make_view(image, bundle, report: dict[str, Any]) -> View:
+    """Build a View from the loaded image, the bundle that read it and its report."""
+    volume = np.asarray(image.pixels if image.pixels.ndim == 3 else image.pixels[None], dtype=np.float32)
     small, step = _reduce(volume)
     pixels, scale, offset = _to_int16(small)
-    boxes = []
+    finding = (report.get("findings") or [{}])[0]
     region = finding.get("region")
+    heat = mask = None
+    if region:
+        if image.pixels.ndim == 3:
+            heat_step = max(1, int(np.ceil(max(small.shape[1:]) / HEAT_SIDE_3D)))
+            grid = (small.shape[0], -(-small.shape[1] // heat_step), -(-small.shape[2] // heat_step))
+            heat = viewer_heat(image, bundle, grid)
+        else:
+            heat = viewer_heat(image, bundle, small.shape[1:])[None]
+        mask = region_mask(heat, region)
+    boxes = []
     if region:
         boxes.append({"label": finding.get("label"), "x_min": region["x_min"] / step, "x_max": region["x_max"] / step,
                       "y_min": region["y_min"] / step, "y_max": region["y_max"] / step,
                       "z_min": region.get("z_min", 0), "z_max": region.get("z_max", 1)})
     meta = image.metadata or {}
     window = default_window(small, meta.get("window") if image.pixels.ndim == 3 else None)
-    peak_z = (region or {}).get("peak", {}).get("z", volume.shape[0] // 2) if region else volume.shape[0] // 2
+    start = region.get("peak", {}).get("z", volume.shape[0] // 2) if region else volume.shape[0] // 2
     info = {"slices": int(pixels.shape[0]), "rows": int(pixels.shape[1]), "cols": int(pixels.shape[2]),
             "step": step, "window": window, "range": [float(small.min()), float(small.max())],
-            "start_slice": int(peak_z), "boxes": boxes, "heatmap": heat3 is not None, "mask": mask is not None,
+            "start_slice": int(start), "boxes": boxes, "heatmap": heat is not None, "mask": mask is not None,
             "units": meta.get("units")}
     return View(pixels=pixels, scale=scale, offset=offset,
-                heat=None if heat3 is None else np.round(heat3[:, ::step, ::step] * 255).astype(np.uint8),
-                mask=None if mask is None else mask[:, ::step, ::step], info=info)
+                heat=None if heat is None else np.round(heat * 255).astype(np.uint8), mask=mask, info=info)
 
 
 def png(array: np.ndarray) -> bytes:
