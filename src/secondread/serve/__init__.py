@@ -44,11 +44,25 @@ def settings_from_args(args: argparse.Namespace):
                     model=args.model, pacs_url=args.pacs_url)
 
 
+def share_cores(workers: int) -> None:
+    """Give each analysis worker its share of the cores for PyTorch's intra-op threads.
+
+    Why: by default every analysis would use all cores; with several workers the threads then
+    fight (OpenMP spin-waits), and on a busy 2-core machine a 28 x 28 model became ~30x slower
+    (benchmarks/service.py measures it).
+    """
+    import os
+
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     import uvicorn
 
     from .app import create_app
+    share_cores(settings.workers)
     app = create_app(settings)
     print(f"secondread: serving on http://{args.host}:{args.port}/ (viewer at /, API under /v1, docs at /docs)",
           flush=True)
