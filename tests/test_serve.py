@@ -261,12 +261,29 @@ def test_dicom_samples(client, data_root, tmp_path, name, model):
             assert identifier not in text
 
 
-def test_lidc_series_as_zip(client, data_root, lidc_zip, tmp_path):
-    response = post(client, [("files", ("LIDC-IDRI-0001.zip", lidc_zip.read_bytes(), "application/zip"))])
+@pytest.fixture(scope="module")
+def lidc_served(server, lidc_zip):
+    """The LIDC series analysed once by the service (with a view), /healthz polled meanwhile."""
+    body, result = lidc_zip.read_bytes(), {}
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        worker = threading.Thread(target=lambda: result.setdefault("r", post(
+            c, [("files", ("LIDC-IDRI-0001.zip", body, "application/zip"))], params={"view": "true"})))
+        worker.start()
+        busy = []
+        while worker.is_alive():
+            busy.append(c.get("/healthz", timeout=10).json()["busy"])  # a blocked event loop times out here
+            time.sleep(0.1)
+        worker.join()
+    return result["r"], busy
+
+
+def test_lidc_series_as_zip(client, data_root, lidc_served, tmp_path):
+    response, busy = lidc_served
     assert response.status_code == 200, response.text
     served = response.json()
     assert served["input"]["shape"][0] == len(list((data_root / LIDC).iterdir()))
     assert_same_report(served, local_report(data_root / LIDC, served["model"]["name"], tmp_path / "out"))
+    assert max(busy) >= 1, "/healthz did not answer while the analysis ran"
 
 
 def test_several_dicom_files_are_one_series(client, data_root, tmp_path):
@@ -284,33 +301,19 @@ def test_several_dicom_files_are_one_series(client, data_root, tmp_path):
     assert served["findings"] == local["findings"] and served["suggestion"] == local["suggestion"]
 
 
-def test_healthz_answers_while_an_analysis_runs(client, lidc_zip):
-    body = lidc_zip.read_bytes()
-    result = {}
-    worker = threading.Thread(target=lambda: result.setdefault(
-        "r", post(client, [("files", ("s.zip", body, "application/zip"))])))
-    worker.start()
-    busy_seen = False
-    while worker.is_alive():
-        health = client.get("/healthz", timeout=10).json()  # a blocked event loop would time out here
-        busy_seen = busy_seen or health["busy"] >= 1
-        time.sleep(0.1)
-    worker.join()
-    assert result["r"].status_code == 200 and busy_seen
-
-
-def test_view_routes_serve_windowed_slices(client, lidc_zip):
-    response = post(client, [("files", ("s.zip", lidc_zip.read_bytes(), "application/zip"))], params={"view": "true"})
-    view = response.json()["view"]
+def test_view_routes_serve_windowed_slices(client, lidc_served):
+    view = lidc_served[0].json()["view"]
     base, z = f"/v1/views/{view['id']}", view["start_slice"]
+    assert client.get(base, headers=auth()).json()["slices"] == view["slices"]
     narrow = client.get(f"{base}/slice/{z}.png", params={"center": 40, "width": 400}, headers=auth())
     wide = client.get(f"{base}/slice/{z}.png", params={"center": -600, "width": 1600}, headers=auth())
     a, b = (np.asarray(PILImage.open(io.BytesIO(r.content))) for r in (narrow, wide))
     assert a.shape == b.shape == (view["rows"], view["cols"]) and not np.array_equal(a, b)
-    # soft-tissue window: air (< -160 HU) is black; the lung window shows lung (about -800 HU) grey
+    # soft-tissue window: air and lung (< -160 HU) are black; the lung window shows lung grey
     assert (a == 0).mean() > (b == 0).mean()
-    heat = client.get(f"{base}/heatmap/{z}.png", headers=auth())
-    assert heat.status_code == 200 and np.asarray(PILImage.open(io.BytesIO(heat.content))).shape[-1] == 4
+    for layer in ("heatmap", "contour"):
+        png = client.get(f"{base}/{layer}/{z}.png", headers=auth())
+        assert png.status_code == 200 and np.asarray(PILImage.open(io.BytesIO(png.content))).shape[-1] == 4
     assert client.get(f"{base}/slice/{view['slices']}.png", headers=auth()).status_code == 404
     assert client.get("/v1/views/not-a-view", headers=auth()).status_code == 404
     assert client.get(f"{base}/slice/{z}.png").status_code == 401
