@@ -171,3 +171,9 @@ def test_mtsamples_subsample_runs_without_error():
     r = robustness(MTSAMPLES, limit=60)
     assert r["notes"] == 60 and r["failures"] == [] and r["analysed"] + r["empty"] == 60
     assert r["facts"] > 0 and r["notes_per_second"] > 0
+
+
+@pytest.mark.parametrize("area", ["breast", "brain"])
+def test_mtsamples_subsample_runs_with_every_area(area):
+    r = robustness(MTSAMPLES, limit=40, area=area)
+    assert r["area"] == area and r["failures"] == [] and r["analysed"] + r["empty"] == 40

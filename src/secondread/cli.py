@@ -229,8 +229,8 @@ def cmd_records_label(args: argparse.Namespace) -> int:
 def cmd_records_robustness(args: argparse.Namespace) -> int:
     from .records.robustness import robustness
 
-    result = robustness(args.csv, limit=args.limit)
-    _print_result(result, args.json, ("notes", "analysed", "empty", "facts", "failures", "seconds", "notes_per_second"))
+    result = robustness(args.csv, limit=args.limit, area=args.area)
+    _print_result(result, args.json, ("area", "notes", "analysed", "empty", "facts", "failures", "seconds", "notes_per_second"))
     return 1 if result.get("failures") else 0
 
 
@@ -262,6 +262,7 @@ def add_records_parser(sub) -> None:
     rb = rs.add_parser("robustness", help="run every MTSamples note through the reader; notes per second")
     rb.add_argument("csv", metavar="MTSAMPLES.csv")
     rb.add_argument("--limit", type=int, default=None)
+    rb.add_argument("--area", default="chest", help="body area whose rules read the notes (chest, breast, brain)")
     rb.add_argument("--json", action="store_true")
     rb.set_defaults(func=cmd_records_robustness)
 
@@ -359,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--offline", action="store_true", help="never download PneumoniaMNIST")
     d.set_defaults(func=cmd_demo)
 
-    from . import pacs, serve  # each face registers its own sub-commands; heavy imports stay lazy
+    from . import pacs, segment, serve  # each registers its own sub-commands; heavy imports stay lazy
     pacs.add_parser(sub)
+    segment.add_parser(sub)
     serve.add_parser(sub)
     return p
 

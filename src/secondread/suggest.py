@@ -26,6 +26,15 @@ def evidence_rules() -> dict[str, Any]:
     return json.loads((Path(__file__).parent / "evidence.json").read_text(encoding="utf-8"))
 
 
+def record_area(finding_label: str) -> str:
+    """The body area whose record rules should read the note for this finding (default chest).
+
+    >>> record_area("brain tumour"), record_area("malignant"), record_area("adrenal hyperplasia")
+    ('brain', 'breast', 'chest')
+    """
+    return evidence_rules().get(finding_label, {}).get("area", "chest")
+
+
 def _cite(fact: dict[str, Any]) -> dict[str, Any]:
     """The part of a record fact a reader needs to check it in the note."""
     keys = ("concept", "text", "section", "start", "end", "negated", "uncertain", "historical")
@@ -37,13 +46,18 @@ def record_evidence(label: str, facts: list[dict[str, Any]]) -> dict[str, list[d
 
     Current, affirmed mentions support; current negated mentions of the finding or its signs
     contradict; affirmed risk factors count whenever they occurred; past episodes are history, not
-    support; hypothetical and family mentions are neither (a father's smoking is not the patient's).
+    support; hypothetical mentions are neither, and a relative's mention is neither (a father's
+    smoking is not the patient's) unless the rules list it as a family risk (a mother's breast cancer).
     """
     rules = evidence_rules().get(label, {})
     out: dict[str, list[dict[str, Any]]] = {"supports": [], "contradicts": [], "risk_factors": [], "history": []}
     for fact in facts:
         concept = fact.get("concept")
-        if fact.get("hypothetical") or fact.get("family"):
+        if fact.get("family"):  # a relative's disease is the patient's risk only where the rules say so
+            if not fact.get("negated") and concept in rules.get("family_risk_factors", []):
+                out["risk_factors"].append(_cite(fact) | {"family": True})
+            continue
+        if fact.get("hypothetical"):
             continue
         if concept in rules.get("risk_factors", []):
             if not fact.get("negated"):

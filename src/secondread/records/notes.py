@@ -211,6 +211,17 @@ def section_attributes() -> dict:
     return data["section_attributes"]
 
 
+def add_section_rules(sectionizer) -> None:
+    """medspaCy's default section headings, with ours (``rules/sections.json``) replacing the
+    defaults of the same heading (case-insensitive, as the sectionizer matches)."""
+    from medspacy.section_detection import SectionRule
+
+    ours = SectionRule.from_json(str(rules_dir() / "sections.json"))
+    replaced = {r.literal.lower() for r in ours}
+    defaults = SectionRule.from_json(sectionizer.DEFAULT_RULES_FILEPATH)
+    sectionizer.add([r for r in defaults if r.literal.lower() not in replaced] + ours)
+
+
 @functools.lru_cache(maxsize=None)
 def build_pipeline(area: str = "chest"):
     """The medspaCy pipeline for ``area``, built once per process (loading takes about 2 s).
@@ -225,7 +236,7 @@ def build_pipeline(area: str = "chest"):
         medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"]
     )
     nlp.get_pipe("medspacy_target_matcher").add(target_rules)
-    nlp.add_pipe("medspacy_sectionizer", config={"span_attrs": None})
+    add_section_rules(nlp.add_pipe("medspacy_sectionizer", config={"rules": None, "span_attrs": None}))
     add_context_rules(nlp.add_pipe("medspacy_context", config={"rules": None}))
     return nlp
 

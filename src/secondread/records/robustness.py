@@ -41,8 +41,9 @@ def read_notes(mtsamples_csv) -> list[tuple[str, str]]:
     return notes
 
 
-def robustness(mtsamples_csv, limit: int | None = None) -> dict:
-    """Run every note (or the first ``limit``) through ``extract_facts``; count facts and failures.
+def robustness(mtsamples_csv, limit: int | None = None, area: str = "chest") -> dict:
+    """Run every note (or the first ``limit``) through ``extract_facts`` with ``area``'s rules;
+    count facts and failures.
 
     Empty transcriptions are counted as ``empty`` and skipped (there is nothing to read).
     Returns ``{"notes", "empty", "analysed", "failures": [{"id", "reason"}], "seconds",
@@ -53,7 +54,7 @@ def robustness(mtsamples_csv, limit: int | None = None) -> dict:
     notes = read_notes(mtsamples_csv)
     if limit is not None:
         notes = notes[:limit]
-    build_pipeline("chest")  # build time is not note time
+    build_pipeline(area)  # build time is not note time
     failures, concepts, flags = [], Counter(), Counter()
     empty = analysed = facts = 0
     start = time.perf_counter()
@@ -62,7 +63,7 @@ def robustness(mtsamples_csv, limit: int | None = None) -> dict:
             empty += 1
             continue
         try:
-            record = extract_facts(text, source=f"mtsamples:{note_id}")
+            record = extract_facts(text, area=area, source=f"mtsamples:{note_id}")
         except SecondreadError as exc:
             failures.append({"id": note_id, "reason": exc.problem})
             continue
@@ -77,6 +78,7 @@ def robustness(mtsamples_csv, limit: int | None = None) -> dict:
                 flags[flag] += bool(getattr(f, flag))
     seconds = time.perf_counter() - start
     return {
+        "area": area,
         "notes": len(notes),
         "empty": empty,
         "analysed": analysed,
