@@ -210,6 +210,16 @@ def test_healthz_and_openapi_need_no_token(client):
     assert {"/v1/analyze", "/v1/models", "/healthz"} <= set(doc["paths"])
     assert "multipart/form-data" in doc["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
+    page = client.get("/")
+    assert page.status_code == 200 and "secondread" in page.text
+    assert client.get("/static/viewer.js").status_code == 200
+
+
+def test_pacs_routes_without_a_pacs_404(client):
+    assert client.get("/v1/pacs/studies").status_code == 401
+    response = client.get("/v1/pacs/studies", headers=auth())
+    assert response.status_code == 404 and "--pacs-url" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("headers", [{}, auth("wrong-token-0123456789abcdef"), auth("x"), {"Authorization": TOKEN}],

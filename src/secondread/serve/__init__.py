@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     share_cores(settings.workers)
     app = create_app(settings)
-    print(f"secondread: serving on http://{args.host}:{args.port}/ (viewer at /, API under /v1, docs at /docs)",
+    print(f"secondread: serving on http://{args.host}:{args.port}/ (viewer at /, API under /v1, OpenAPI at /openapi.json)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", server_header=False)
     return 0

@@ -8,7 +8,7 @@ Routes (``/v1/*`` need ``Authorization: Bearer <token>``):
 - ``GET /v1/views/{id}`` and ``.../slice/{z}.png?center=&width=``, ``.../heatmap/{z}.png``,
   ``.../contour/{z}.png``: pixels and overlays of a study analysed with ``view=true`` (memory only)
 - ``GET /v1/pacs/studies``, ``POST /v1/pacs/studies/{uid}/analyze``: when ``--pacs-url`` is set
-- ``GET /healthz`` (no token), ``GET /openapi.json``, ``GET /docs``, ``GET /`` (the viewer)
+- ``GET /healthz`` (no token), ``GET /openapi.json``, ``GET /`` (the viewer)
 
 Why this shape: analysis is CPU-bound and runs in worker threads behind a limiter, so the event
 loop keeps answering /healthz and the viewer while studies are analysed; each request's files live
@@ -206,7 +206,9 @@ def create_app(settings: Settings) -> FastAPI:
     service = Service(settings)
     from ..models.bundle import shipped_names
     service.bundles.preload([settings.model] if settings.model else shipped_names())
-    app = FastAPI(title="secondread", version=__version__,
+    # no /docs or /redoc: their pages load scripts from a CDN, and the service makes no one fetch
+    # anything off this machine; the OpenAPI document itself is at /openapi.json
+    app = FastAPI(title="secondread", version=__version__, docs_url=None, redoc_url=None,
                   description="A second reader for medical images. Decision support, not a diagnosis. " + DISCLAIMER)
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
@@ -275,6 +277,11 @@ async def run_analysis(service: Service, path: Path, folder: Path, notes, fhir, 
     try:
         report = await anyio.to_thread.run_sync(
             partial(service.analyse, path, folder / "out", notes, fhir, view), limiter=service.limiter)
+    except (SecondreadError, UploadRefused):
+        raise
+    except Exception as exc:  # a bug of ours: the type only, in the log and to the client
+        log.error("internal error while analysing: %s", type(exc).__name__)
+        return JSONResponse({"detail": f"internal error while analysing ({type(exc).__name__})"}, status_code=500)
     finally:
         service.busy -= 1
     return Response(to_json(report), media_type="application/json")
