@@ -86,6 +86,20 @@ def viewer_heat(image, bundle, shape: tuple[int, ...]) -> np.ndarray:
     return gradcam(bundle.model, bundle.model.gradcam_layer, batch, shape)
 
 
+def report_boxes(report: dict[str, Any], step: int) -> list[dict[str, Any]]:
+    """Every box the report gives (each finding's region, and any ``candidates`` with a region),
+    in the viewer's grid; the z range is in slices (2D images: slice 0)."""
+    boxes = []
+    for finding in report.get("findings") or []:
+        for label, region in [(finding.get("label"), finding.get("region"))] + [
+                (c.get("label", "candidate"), c.get("region")) for c in finding.get("candidates") or []]:
+            if region and {"x_min", "x_max", "y_min", "y_max"} <= set(region):
+                boxes.append({"label": label, "x_min": region["x_min"] / step, "x_max": region["x_max"] / step,
+                              "y_min": region["y_min"] / step, "y_max": region["y_max"] / step,
+                              "z_min": region.get("z_min", 0), "z_max": region.get("z_max", 1)})
+    return boxes
+
+
 def make_view(image, bundle, report: dict[str, Any]) -> View:
     """Build a View from the loaded image, the bundle that read it and its report."""
     volume = np.asarray(image.pixels if image.pixels.ndim == 3 else image.pixels[None], dtype=np.float32)
@@ -102,11 +116,7 @@ def make_view(image, bundle, report: dict[str, Any]) -> View:
         else:
             heat = viewer_heat(image, bundle, small.shape[1:])[None]
         mask = region_mask(heat, region)
-    boxes = []
-    if region:
-        boxes.append({"label": finding.get("label"), "x_min": region["x_min"] / step, "x_max": region["x_max"] / step,
-                      "y_min": region["y_min"] / step, "y_max": region["y_max"] / step,
-                      "z_min": region.get("z_min", 0), "z_max": region.get("z_max", 1)})
+    boxes = report_boxes(report, step)
     meta = image.metadata or {}
     window = default_window(small, meta.get("window") if image.pixels.ndim == 3 else None)
     start = region.get("peak", {}).get("z", volume.shape[0] // 2) if region else volume.shape[0] // 2
