@@ -173,32 +173,69 @@ def _analyze_accepts_none() -> bool:
 
 
 class Service:
-    """The state behind the routes: settings, bundles, the analysis limiter and the view cache."""
+    """The state behind the routes: settings, bundles, the analysis limiter and the memory caches
+    (views for the viewer, DICOM outputs for download)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.bundles = BundlePool(settings.workers)
         self.limiter = anyio.CapacityLimiter(settings.workers)
         self.views = ViewStore(settings.view_slots, settings.view_ttl_s)
+        self.results = ViewStore(4 * settings.view_slots, settings.view_ttl_s)
         self.busy = 0
 
     def analyse(self, path: Path, out_dir: Path, notes: Path | None, fhir: Path | None,
                 with_view: bool) -> dict[str, Any]:
-        """Worker-thread body: the project's ``analyze_image`` on the saved study, plus the view."""
-        from ..analyze import analyze_image
+        """Worker-thread body: the project's analysis of the saved study, plus the view and the
+        DICOM outputs kept in memory for download."""
         from ..records.merge import load_record
         record = load_record(notes, fhir)
-        name = pick_bundle(path, self.settings.model)
+        try:
+            from ..analyze import analyze_loaded, load_study
+        except ImportError:  # before analyze learnt to read a study once and choose its model
+            return self._analyse_legacy(path, out_dir, record, with_view)
+        study = load_study(path)
+        name, chosen = self._choose(study.image)
         with self.bundles.borrow(name) as bundle:
-            report = analyze_image(path, out_dir, bundle, record)
+            report = analyze_loaded(study, out_dir, bundle, record)
+            if chosen is not None:  # what analyze_image says when it chooses by itself
+                report["model"]["chosen"] = chosen
             if with_view:
-                report = dict(report, view=self._make_view(path, bundle, report))
+                report["view"] = self._make_view(study.image, bundle, report)
+        self._keep_dicom(report, out_dir)
         return report
 
-    def _make_view(self, path: Path, bundle, report: dict) -> dict[str, Any]:
+    def _choose(self, image) -> tuple[str, dict | None]:
+        """The operator's ``--model``, else the project's choice for this image (we hold our own
+        bundle copies: a bundle explaining in two threads at once would mix their Grad-CAM hooks)."""
+        if self.settings.model:
+            return self.settings.model, None
+        from ..models.choose import choose_bundle
+        choice = choose_bundle(image)
+        return choice.name, choice.to_dict()
+
+    def _analyse_legacy(self, path: Path, out_dir: Path, record, with_view: bool) -> dict[str, Any]:
+        from ..analyze import analyze_image
         from ..io import load_image
-        view = make_view(load_image(path), bundle, report)
+        with self.bundles.borrow(pick_bundle(path, self.settings.model)) as bundle:
+            report = analyze_image(path, out_dir, bundle, record)
+            if with_view:
+                report["view"] = self._make_view(load_image(path), bundle, report)
+        return report
+
+    def _make_view(self, image, bundle, report: dict) -> dict[str, Any]:
+        view = make_view(image, bundle, report)
         return {"id": self.views.add(view), **view.info}
+
+    def _keep_dicom(self, report: dict, out_dir: Path) -> None:
+        """SR/SEG/SC of a DICOM study: read into memory (the folder is deleted after the request)
+        and offered at ``/v1/results/{id}/{file}`` in ``report["downloads"]``."""
+        names = [f["file"] for f in (report.get("dicom") or {}).get("files") or []]
+        if not names:
+            return
+        blobs = {name: (out_dir / name).read_bytes() for name in names}
+        key = self.results.add(blobs)
+        report["downloads"] = {name: f"/v1/results/{key}/{name}" for name in names}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -301,6 +338,15 @@ def _add_view_routes(app: FastAPI, service: Service, authorised) -> None:
     async def png(render, *args) -> Response:
         data = await anyio.to_thread.run_sync(render, *args)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+    @app.get("/v1/results/{result_id}/{name}", dependencies=[Depends(authorised)], tags=["service"])
+    async def result_file(result_id: str, name: str) -> Response:
+        """A DICOM output (sr.dcm, seg.dcm, sc.dcm) of a recent analysis, from memory."""
+        blobs = service.results.get(result_id)
+        if blobs is None or name not in blobs:
+            raise HTTPException(404, "no such result (expired or never made): analyse the study again")
+        return Response(blobs[name], media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/v1/views/{view_id}", dependencies=[Depends(authorised)], tags=["viewer"])
     async def view_info(view_id: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -32,7 +32,6 @@ class View:
     heat: np.ndarray | None       # uint8 0..255
     mask: np.ndarray | None       # bool: the finding's region
     info: dict[str, Any]          # shape, window, boxes, spacing: JSON for the page
-    created: float = field(default_factory=time.monotonic)
 
     def values(self, z: int) -> np.ndarray:
         return self.pixels[z].astype(np.float32) * self.scale + self.offset
@@ -164,33 +163,35 @@ def render_contour(view: View, z: int) -> bytes:
 
 
 class ViewStore:
-    """A thread-safe LRU of Views with an expiry; ids are unguessable (and the routes need the token)."""
+    """A thread-safe LRU with an expiry (views, or DICOM outputs to download): memory only, never
+    on disk; ids are unguessable (and the routes need the token)."""
 
     def __init__(self, slots: int, ttl_s: float):
         self.slots, self.ttl_s = slots, ttl_s
         self._views: OrderedDict[str, View] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, view: View) -> str:
+    def add(self, view: Any) -> str:
         key = secrets.token_urlsafe(16)
         with self._lock:
             self._expire()
-            self._views[key] = view
+            self._views[key] = (view, time.monotonic())
             while len(self._views) > self.slots:
                 self._views.popitem(last=False)
         return key
 
-    def get(self, key: str) -> View | None:
+    def get(self, key: str) -> Any:
         with self._lock:
             self._expire()
-            view = self._views.get(key)
-            if view is not None:
-                self._views.move_to_end(key)
-            return view
+            entry = self._views.get(key)
+            if entry is None:
+                return None
+            self._views.move_to_end(key)
+            return entry[0]
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for key in [k for k, v in self._views.items() if now - v.created > self.ttl_s]:
+        for key in [k for k, (_, t) in self._views.items() if now - t > self.ttl_s]:
             del self._views[key]
 
     def __len__(self) -> int:
