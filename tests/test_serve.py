@@ -8,6 +8,7 @@ server's own ``$TMPDIR`` (empty after every request) and on its working director
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -28,6 +29,7 @@ import pytest
 from PIL import Image as PILImage
 
 from secondread.analyze import analyze_image
+from secondread.errors import SecondreadError
 from secondread.models.bundle import load_bundle, shipped_names
 from secondread.records.merge import load_record
 
@@ -153,8 +155,23 @@ def post(client, files, headers=None, **kw):
 
 
 def local_report(path: Path, bundle_name: str, out: Path, record=None) -> dict:
-    """The reference: the project's own analyze_image, in this process, with the same bundle."""
-    return json.loads(json.dumps(analyze_image(path, out, load_bundle(bundle_name), record), default=float))
+    """The reference: the project's own analyze_image, in this process: choosing the model itself
+    when it can (as the service does without --model), else with the bundle the service used."""
+    auto = inspect.signature(analyze_image).parameters["bundle"].default is None
+    bundle = None if auto else load_bundle(bundle_name)
+    return json.loads(json.dumps(analyze_image(path, out, bundle, record), default=float))
+
+
+def assert_downloads(client, served: dict) -> None:
+    """Each DICOM output the report lists can be downloaded and is the object it says it is."""
+    files = (served.get("dicom") or {}).get("files") or []
+    assert sorted(served.get("downloads", {})) == sorted(f["file"] for f in files)
+    for entry in files:
+        response = client.get(served["downloads"][entry["file"]], headers=auth())
+        assert response.status_code == 200
+        ds = pydicom.dcmread(io.BytesIO(response.content))
+        assert ds.SOPClassUID.name == entry["sop_class"]
+        assert client.get(served["downloads"][entry["file"]]).status_code == 401
 
 
 def assert_same_report(served: dict, local: dict) -> None:
@@ -255,15 +272,19 @@ def test_chest_xray_png_with_note(client, xray, tmp_path):
     assert served["record"]["facts"] and served["disclaimer"]
 
 
-@pytest.mark.parametrize("name,model", [("CT_small.dcm", "pneumonia"), ("MR_small.dcm", "brain-mri-tumour"),
-                                        ("JPEG2000.dcm", "pneumonia")])
-def test_dicom_samples(client, data_root, tmp_path, name, model):
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"])
+def test_dicom_samples(client, data_root, tmp_path, name):
     path = data_root / "dicom" / name
     response = post(client, [("files", (name, path.read_bytes(), "application/dicom"))])
+    if response.status_code == 422:  # the project refuses this image (e.g. no model for it): so must we
+        with pytest.raises(SecondreadError) as refused:
+            local_report(path, "pneumonia", tmp_path / "out")
+        assert refused.value.problem in response.json()["detail"]
+        return
     assert response.status_code == 200, response.text
     served = response.json()
-    assert served["model"]["name"] == model
-    assert_same_report(served, local_report(path, model, tmp_path / "out"))
+    assert_same_report(served, local_report(path, served["model"]["name"], tmp_path / "out"))
+    assert_downloads(client, served)
     text = response.text
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     for identifier in (str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))):
@@ -293,6 +314,7 @@ def test_lidc_series_as_zip(client, data_root, lidc_served, tmp_path):
     served = response.json()
     assert served["input"]["shape"][0] == len(list((data_root / LIDC).iterdir()))
     assert_same_report(served, local_report(data_root / LIDC, served["model"]["name"], tmp_path / "out"))
+    assert_downloads(client, served)
     assert max(busy) >= 1, "/healthz did not answer while the analysis ran"
 
 
