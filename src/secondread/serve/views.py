@@ -86,17 +86,33 @@ def viewer_heat(image, bundle, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def report_boxes(report: dict[str, Any], step: int) -> list[dict[str, Any]]:
-    """Every box the report gives (each finding's region, and any ``candidates`` with a region),
-    in the viewer's grid; the z range is in slices (2D images: slice 0)."""
+    """Every box the report gives, in the viewer's grid, z range in slices (2D images: slice 0):
+    each finding's ``region`` (x/y/z min/max, ends exclusive) and each nodule candidate's ``bbox``
+    (slice/row/col min/max, ends exclusive)."""
     boxes = []
-    for finding in report.get("findings") or []:
-        for label, region in [(finding.get("label"), finding.get("region"))] + [
-                (c.get("label", "candidate"), c.get("region")) for c in finding.get("candidates") or []]:
-            if region and {"x_min", "x_max", "y_min", "y_max"} <= set(region):
-                boxes.append({"label": label, "x_min": region["x_min"] / step, "x_max": region["x_max"] / step,
-                              "y_min": region["y_min"] / step, "y_max": region["y_max"] / step,
-                              "z_min": region.get("z_min", 0), "z_max": region.get("z_max", 1)})
+    for f in report.get("findings") or []:
+        r, b = f.get("region"), f.get("bbox")
+        if r and {"x_min", "x_max", "y_min", "y_max"} <= set(r):
+            boxes.append({"label": f.get("label"), "x_min": r["x_min"] / step, "x_max": r["x_max"] / step,
+                          "y_min": r["y_min"] / step, "y_max": r["y_max"] / step,
+                          "z_min": r.get("z_min", 0), "z_max": r.get("z_max", 1)})
+        elif b and {"row_min", "row_max", "col_min", "col_max"} <= set(b):
+            label = f"#{f['rank']} {f.get('diameter_mm', '')} mm" if "rank" in f else f.get("label")
+            boxes.append({"label": label, "kind": f.get("kind"), "x_min": b["col_min"] / step,
+                          "x_max": b["col_max"] / step, "y_min": b["row_min"] / step, "y_max": b["row_max"] / step,
+                          "z_min": b.get("slice_min", 0), "z_max": b.get("slice_max", 1)})
     return boxes
+
+
+def start_slice(report: dict[str, Any], slices: int) -> int:
+    """Where the viewer opens a volume: the top nodule candidate's axial slice, else the peak of the
+    model's map, else the middle."""
+    findings = report.get("findings") or []
+    for f in findings:
+        if f.get("axial_slice") is not None:
+            return int(f["axial_slice"])
+    region = (findings[0].get("region") if findings else None) or {}
+    return int(region.get("peak", {}).get("z", slices // 2))
 
 
 def make_view(image, bundle, report: dict[str, Any]) -> View:
@@ -118,7 +134,7 @@ def make_view(image, bundle, report: dict[str, Any]) -> View:
     boxes = report_boxes(report, step)
     meta = image.metadata or {}
     window = default_window(small, meta.get("window") if image.pixels.ndim == 3 else None)
-    start = region.get("peak", {}).get("z", volume.shape[0] // 2) if region else volume.shape[0] // 2
+    start = min(max(start_slice(report, volume.shape[0]), 0), volume.shape[0] - 1)
     info = {"slices": int(pixels.shape[0]), "rows": int(pixels.shape[1]), "cols": int(pixels.shape[2]),
             "step": step, "window": window, "range": [float(small.min()), float(small.max())],
             "start_slice": int(start), "boxes": boxes, "heatmap": heat is not None, "mask": mask is not None,
@@ -149,7 +165,7 @@ def render_heat(view: View, z: int) -> bytes:
     """The heat map of slice ``z`` in JET colours, transparent where the map is cold."""
     heat = view.heat[z]
     colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    alpha = np.round(heat.astype(np.float32) * 0.6).astype(np.uint8)
+    alpha = np.round(heat.astype(np.float32) * 0.45).astype(np.uint8)
     return png(np.dstack([colour, alpha]))
 
 

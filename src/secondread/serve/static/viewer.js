@@ -92,6 +92,12 @@ function tag(text, cls) {
 }
 
 function measurements(finding) {
+  if (finding.kind === "nodule candidate") {
+    const parts = [`diameter ${finding.diameter_mm} mm (long ${finding.long_axis_mm}, short ${finding.short_axis_mm})`];
+    if (finding.volume_mm3 !== undefined) parts.push(`volume ${finding.volume_mm3} mm³`);
+    if (finding.axial_slice !== undefined) parts.push(`slice ${finding.axial_slice + 1}`);
+    return parts.join(", ");
+  }
   const m = finding.measurements || {};
   const units = { area_px: "px", area_mm2: "mm²", volume_mm3: "mm³", diameter_mm: "mm" };
   const parts = Object.entries(m).map(([k, v]) => `${k.replace(/_(px|mm2|mm3|mm)$/, "")} ${v} ${units[k] || ""}`.trim());
@@ -116,9 +122,18 @@ function showReport(report) {
   body.replaceChildren();
   for (const f of report.findings || []) {
     const row = document.createElement("tr");
-    cell(row, f.label + (f.positive ? " (suggested)" : ""));
-    cell(row, prob(f.probability)).className = "probability";
-    cell(row, f.operating_point_crossed || "none crossed");
+    const nodule = f.kind === "nodule candidate";
+    if (nodule) {
+      cell(row, `nodule candidate #${f.rank}`);
+      cell(row, `score ${Number(f.score).toFixed(2)}`).title = f.score_meaning || "a ranking score, not a probability";
+      cell(row, "–");
+      row.className = "candidate";
+      row.addEventListener("click", () => setSlice(f.axial_slice));
+    } else {
+      cell(row, f.label + (f.positive ? " (suggested)" : ""));
+      cell(row, prob(f.probability)).className = "probability";
+      cell(row, f.operating_point_crossed || "none crossed");
+    }
     cell(row, measurements(f));
     body.appendChild(row);
   }
@@ -249,6 +264,7 @@ function drawBoxes() {
   ctx.fillStyle = "#00ff66";
   for (const b of state.view.boxes) {
     if (state.z < b.z_min || state.z >= b.z_max) continue;
+    ctx.strokeStyle = ctx.fillStyle = b.kind === "nodule candidate" ? "#ff40ff" : "#00ff66";
     ctx.strokeRect(b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min);
     if (canvas.width >= 64) ctx.fillText(b.label || "", b.x_min + 2, b.y_min + Math.max(8, canvas.width / 28));
   }
