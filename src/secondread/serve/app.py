@@ -368,6 +368,18 @@ def _add_view_routes(app: FastAPI, service: Service, authorised) -> None:
         return await png(render_contour, lookup(view_id, z, "mask"), z)
 
 
+def pacs_input(files: list[Path]) -> Path:
+    """What the viewer analyses of a fetched study: its largest volume, else its first image
+    (the PACS module's ``plan_study`` splits the study and leaves out our own SR/SEG/SC)."""
+    from ..pacs.study import plan_study
+    items = plan_study(files)[0]
+    if not items:
+        raise SecondreadError(None, "the study holds no image this service can analyse")
+    def size(item) -> int:
+        return sum(1 for _ in item.path.iterdir()) if item.path.is_dir() else 1
+    return max(items, key=lambda item: (item.volume, size(item))).path
+
+
 def _add_pacs_routes(app: FastAPI, service: Service, authorised) -> None:
     def client():
         if not service.settings.pacs_url:
@@ -393,12 +405,11 @@ def _add_pacs_routes(app: FastAPI, service: Service, authorised) -> None:
         pacs = client()
         folder = Path(tempfile.mkdtemp(prefix="secondread-request-"))
         try:
-            study = folder / "series"
             try:
-                fetched = await anyio.to_thread.run_sync(pacs.fetch, uid, study)
+                files = await anyio.to_thread.run_sync(pacs.fetch, uid, folder / "series")
             except SecondreadError as exc:
-                return JSONResponse({"detail": client_message(exc, folder, "study")}, status_code=502)
-            path = Path(fetched) if fetched else study
+                return JSONResponse({"detail": exc.problem}, status_code=502)
+            path = await anyio.to_thread.run_sync(pacs_input, [Path(f) for f in files or []])
             return await run_analysis(service, path, folder, None, None, view)
         except SecondreadError as exc:
             return JSONResponse({"detail": client_message(exc, folder, "study")}, status_code=422)
