@@ -1,16 +1,33 @@
 """One study, end to end: load -> check -> detect -> localise -> read the record -> suggest -> report.
 
-Why: the command line, the demo and (later) the service and batch runner all analyse a study the
-same way; this module is that one way, so the faces stay thin.
+Why: the command line, the demo, the service, the PACS client and the batch runner all analyse a
+study the same way; this module is that one way, so the faces stay thin.
+
+Two steps, so that a face can read a study once and analyse it as it needs:
+
+- :func:`load_study` reads a file or a DICOM series folder into a :class:`LoadedStudy` (the
+  :class:`~secondread.image.Image`, plus the source DICOM headers the DICOM outputs reference);
+- :func:`analyze_loaded` runs the model (chosen automatically when none is given), the lung-nodule
+  search on CT volumes, and writes the report folder: ``report.json`` (the contract),
+  ``report.html``, pictures and, for DICOM input, ``sr.dcm``/``seg.dcm``/``sc.dcm``
+  (:func:`dicom_files` lists them in the order a PACS should store them).
+
+:func:`analyze_image` is both in one call.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
 
 from .errors import SecondreadError
 from .explain import display_uint8, gradcam, hottest_region, overlay
@@ -20,6 +37,9 @@ from .io import load_image
 from .records.llm import summarise
 from .report import build_report, write_report
 from .suggest import suggest
+
+if TYPE_CHECKING:
+    from .report.dicom import Sources
 
 def domain_caveats(image: Image, bundle) -> list[str]:
     """Reasons this image differs from what the model was trained on, stated in the report.
@@ -46,14 +66,22 @@ def detect(image: Image, bundle, explain_with: str = "gradcam") -> tuple[Finding
     if image.pixels.ndim != dims:
         kind = "volumes" if dims == 3 else "2D images"
         raise SecondreadError(image.source, f"model '{bundle.name}' reads {kind}; this input has shape {image.shape}")
-    prob = float(bundle.predict_proba([image.pixels])[0])
+    batch = None
+    if dims == 3:  # preprocessing a CT volume takes seconds: prepared once, for the model and Grad-CAM
+        from .models.bundle import calibrated
+
+        batch = bundle.prepare(image.pixels)[None]
+        prob = float(calibrated(bundle.logits(batch), bundle.temperature)[0])
+    else:
+        prob = float(bundle.predict_proba([image.pixels])[0])
     points = {name: {"threshold": float(op["threshold"]), "crossed": prob >= float(op["threshold"])}
               for name, op in bundle.operating_points.items()}
     finding = Finding(label=bundle.finding, probability=prob, operating_points=points,
                       positive=prob >= float(bundle.threshold))
     if not any(op["crossed"] for op in points.values()):
         return finding, None
-    batch = bundle.prepare(image.pixels)[None]
+    if batch is None:
+        batch = bundle.prepare(image.pixels)[None]
     heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape, method=explain_with)
     finding.region = hottest_region(heat, image.spacing)
     if finding.region:
@@ -89,28 +117,263 @@ def image_info(image: Image) -> dict[str, Any]:
             "spacing": list(image.spacing) if image.spacing else None, "picture": "image.png"}
 
 
-def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle,
-                  record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
-    """Analyse one image file and write its report folder; return the report dict.
+NODULES_REPORTED = 10
+"""Nodule candidates a report lists (best first); the nodule command gives more for FROC work."""
+SCORE_MEANING = ("ranking score (roundness x min(1, diameter / 6 mm)): it orders candidates and is NOT a "
+                 "calibrated probability of a nodule")
 
-    ``record`` is the patient's record (``records.merge.load_record``: note and/or FHIR facts,
-    demographics, contradictions) or None. ``llm`` is an optional ``records.llm.LLMConfig``: the
-    summary then comes from the language model if its words pass the guardrail, else from the
-    deterministic template (the report says which).
+
+@dataclass
+class LoadedStudy:
+    """A study read once: the :class:`Image` every stage uses and, when it came as DICOM, the
+    source headers (pixel data dropped) that the DICOM outputs reference and copy the patient and
+    study modules from. The headers hold identifiers: they go into the ``.dcm`` outputs only,
+    never into report.json, logs or errors.
     """
-    image = load_image(path)
+
+    image: Image
+    sources: "Sources | None" = None
+    dicom_note: str | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.sources is not None
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The header of one DICOM file without its pixel data (files without a preamble too)."""
+    for force in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=force)
+        except Exception:  # noqa: BLE001 - not DICOM, or unreadable: the caller decides
+            continue
+        if "SOPInstanceUID" in ds and "SOPClassUID" in ds:
+            return ds
+    return None
+
+
+REFERENCE_KEYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""What a DICOM output needs of each source header to reference it and be filed with it."""
+
+
+def _referable(study: LoadedStudy) -> LoadedStudy:
+    """No DICOM outputs (and the reason, for the report) when a source lacks the UIDs to reference."""
+    if study.sources is None:
+        return study
+    missing = sorted({k for ds in study.sources.headers for k in REFERENCE_KEYS if not ds.get(k)})
+    if missing:
+        return LoadedStudy(study.image, None, f"no DICOM outputs: the source has no {', '.join(missing)}")
+    return study
+
+
+def _series_headers(folder: Path, image: Image, series_uid: str | None = None) -> list[Dataset]:
+    """The slice headers of a series folder in the order of ``image.pixels`` (each file's Image
+    Position (Patient) mapped through the inverse of the volume's affine to its slice index)."""
+    if "affine" not in image.metadata:
+        raise SecondreadError(folder, "the series has no geometry, so its files cannot be matched to the slices")
+    inverse = np.linalg.inv(np.asarray(image.metadata["affine"], dtype=float))
+    found: list[Dataset | None] = [None] * image.shape[0]
+    for path in sorted(folder.iterdir()):
+        ds = _read_header(path) if path.is_file() else None
+        if ds is None or "ImagePositionPatient" not in ds:
+            continue
+        if series_uid is not None and str(ds.get("SeriesInstanceUID", "")) != series_uid:
+            continue
+        index = inverse @ np.append(np.asarray(ds.ImagePositionPatient, dtype=float), 1.0)
+        k = int(round(index[0]))
+        if np.abs(index[:3] - [k, 0, 0]).max() < 0.01 and 0 <= k < len(found) and found[k] is None:
+            found[k] = ds
+    if any(ds is None for ds in found):
+        raise SecondreadError(folder, f"{sum(ds is None for ds in found)} slice(s) of the volume could not be "
+                                      f"matched to their files for the DICOM outputs")
+    return found  # type: ignore[return-value]
+
+
+def _read_volume(folder: Path, series_uid: str | None) -> Image:
+    if series_uid is None:
+        return load_image(folder)
+    from .io.series import read_series
+
+    try:
+        return read_series(folder, series_uid=series_uid)
+    except SecondreadError:
+        raise
+    except Exception as exc:  # no traceback may reach a user
+        raise SecondreadError(folder, f"cannot read the image ({type(exc).__name__})") from None
+
+
+def load_study(path: str | os.PathLike, series_uid: str | None = None) -> LoadedStudy:
+    """Read a study (any file :func:`secondread.io.load_image` reads, or a DICOM series folder).
+
+    ``series_uid`` picks one series of a folder that holds several (as
+    :func:`secondread.io.series.read_series`). For DICOM input, ``sources`` holds the headers in
+    slice order; it is None for other formats, and for a DICOM file without the UIDs that a
+    reference needs (``dicom_note`` says so, and the report repeats it).
+    """
+    from .io import is_dicom
+    from .report.dicom import Sources
+
+    p = Path(path)
+    image = _read_volume(p, series_uid) if p.is_dir() else load_image(path)
+    if p.is_dir():
+        if image.pixels.ndim == 3 and "affine" in image.metadata:
+            return _referable(LoadedStudy(image, Sources(_series_headers(p, image, series_uid))))
+        files = [f for f in sorted(p.iterdir()) if f.is_file()]  # a folder holding one multi-frame file
+        headers = [h for h in map(_read_header, files) if h is not None]
+        if len(headers) != 1:
+            return LoadedStudy(image, None, "no DICOM outputs: the folder's files could not be matched to the image")
+        return _referable(LoadedStudy(image, Sources(headers, multiframe=True)))
+    if not is_dicom(p):
+        return LoadedStudy(image)
+    header = _read_header(p)
+    if header is None:
+        return LoadedStudy(image, None, "no DICOM outputs: the file's header has no SOP Class/Instance UID")
+    return _referable(LoadedStudy(image, Sources([header], multiframe=image.pixels.ndim == 3)))
+
+
+_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(bundle) -> threading.Lock:
+    """One lock per loaded model: Grad-CAM (MONAI) puts hooks on the model's layers, so two
+    threads explaining with the same model at once (the service) could read each other's
+    activations. Inference and explanation of one model are serialised; different models are not."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(getattr(bundle, "model", bundle)), threading.Lock())
+
+
+@lru_cache(maxsize=8)
+def _shipped_bundle(name: str):
+    from .models.bundle import load_bundle
+
+    return load_bundle(name)
+
+
+def lung_nodules(image: Image) -> tuple[list, str | None]:
+    """Nodule candidates with their masks for a CT volume in HU with spacing, else ``([], reason)``.
+
+    A volume that is not a chest CT (no aerated lung) gives no candidates and the reason, never a
+    failed analysis: the model's finding still stands.
+    """
+    from .nodules import find_nodule_masks
+
+    if image.pixels.ndim != 3 or image.modality != "CT" or image.metadata.get("units") != "HU" or not image.spacing:
+        return [], None
+    try:
+        return find_nodule_masks(image, max_candidates=NODULES_REPORTED), None
+    except SecondreadError as exc:
+        return [], exc.problem
+
+
+def nodule_finding(candidate, image: Image) -> dict[str, Any]:
+    """One nodule candidate as a report finding (sizes as Lung-RADS v2022 measures them)."""
+    c = candidate.as_dict()
+    world = "DICOM patient (LPS) mm" if image.metadata.get("world") == "LPS" else "image mm"
+    return {"kind": "nodule candidate", "label": "nodule candidate", "rank": c["rank"], "score": c["score"],
+            "score_meaning": SCORE_MEANING,
+            "center_voxel": dict(zip(("slice", "row", "col"), c["center_voxel"])),
+            "center_mm": c["center_mm"], "coordinates": world,
+            "diameter_mm": c["diameter_mm"],
+            "diameter": "Lung-RADS v2022 mean diameter: (long + short axis) / 2 on the axial slice of largest area",
+            "long_axis_mm": c["long_axis_mm"], "short_axis_mm": c["short_axis_mm"], "volume_mm3": c["volume_mm3"],
+            "bbox": dict(zip(("slice_min", "row_min", "col_min", "slice_max", "row_max", "col_max"), c["bbox"])),
+            "axial_slice": c["axial_slice"]}
+
+
+def _for_summary(finding: dict[str, Any]) -> dict[str, Any]:
+    """The finding as the summary reads it, without integer measurements of 5+ digits (pixel
+    counts of large regions).
+
+    Why: ``records.llm.scrub`` replaces any 5+-digit integer in the summary's JSON payload with an
+    unquoted ``[removed]``, which makes the payload invalid JSON (a crash on every large region,
+    e.g. a CT volume's Grad-CAM region). Only values that would crash are dropped, so every input
+    that worked before gives the same summary. To be removed when the scrubber is fixed.
+    """
+    measurements = finding.get("measurements") or {}
+    keep = {k: v for k, v in measurements.items() if not (isinstance(v, int) and abs(v) >= 10_000)}
+    return {**finding, "measurements": keep} if len(keep) != len(measurements) else finding
+
+
+def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region) -> Any:
+    from .report.dicom import DicomInputs
+
+    plane = region["peak"]["z"] if region and study.image.pixels.ndim == 3 else study.image.shape[0] // 2
+    return DicomInputs(sources=study.sources, shape=study.image.shape, model_name=bundle.name,
+                       model_version=str(bundle.version), model_sha256=bundle.sha256, nodule_masks=masks,
+                       overlay=overlay_rgb, overlay_slice=int(plane) if study.image.pixels.ndim == 3 else 0)
+
+
+def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,
+                   record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
+    """Analyse a study already read (:func:`load_study`) and write its report folder; return the report.
+
+    ``bundle`` None chooses the shipped model from the image (:func:`models.choose.choose_bundle`),
+    and the report says so and why (``model.chosen``). A CT volume in HU also gets lung-nodule
+    candidates (findings of kind ``"nodule candidate"``). DICOM input also gets ``sr.dcm``,
+    ``seg.dcm`` (when there are masks) and ``sc.dcm`` (when there is an overlay), listed in
+    ``report["dicom"]["files"]``; they are written in the same atomic step as report.json.
+    """
+    if isinstance(study, Image):
+        study = LoadedStudy(study)
+    image = study.image
     image.check_usable()
-    finding, heat = detect(image, bundle, explain_with)
+    choice = None
+    if bundle is None:
+        from .models.choose import choose_bundle
+
+        choice = choose_bundle(image)
+        bundle = _shipped_bundle(choice.name)
+    with _model_lock(bundle):
+        finding, heat = detect(image, bundle, explain_with)
     plane = _display_plane(image.pixels, finding.region)
     pictures = {"image.png": display_uint8(image.pixels[plane])}
     if heat is not None:
         finding.heatmap, finding.overlay = "heatmap.png", "overlay.png"
         pictures["heatmap.png"] = np.round(heat[plane] * 255).astype(np.uint8)
         pictures["overlay.png"] = overlay(image.pixels[plane], heat[plane], finding.region)
+    found, skipped = lung_nodules(image)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
-    suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()
-    report = build_report(image_info=image_info(image), findings=[finding.to_dict()], record=record,
+    suggestion["summary"] = summarise(record, [_for_summary(finding.to_dict())], llm).to_dict()
+    findings = [finding.to_dict()] + [nodule_finding(c, image) for c, _ in found]
+    report = build_report(image_info=image_info(image), findings=findings, record=record,
                           suggestion=suggestion, model=model_info(bundle))
-    write_report(report, out_dir, pictures)
+    if choice is not None:
+        report["model"]["chosen"] = choice.to_dict()
+    if skipped:
+        report["nodules"] = {"skipped": skipped}
+    datasets = {}
+    if study.is_dicom:
+        from .report.dicom import build_objects
+
+        inputs = _dicom_inputs(study, bundle, [m for _, m in found], pictures.get("overlay.png"), finding.region)
+        datasets, report["dicom"] = build_objects(report, inputs, source=Path(image.source).name)
+    elif study.dicom_note:
+        report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
+    write_report(report, out_dir, pictures, datasets)
     return report
+
+
+def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle=None,
+                  record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
+    """Analyse one image file or DICOM series folder and write its report folder; return the report dict.
+
+    ``bundle`` is a loaded bundle, or None to choose one from the image (see :func:`analyze_loaded`).
+    ``record`` is the patient's record (``records.merge.load_record``: note and/or FHIR facts,
+    demographics, contradictions) or None. ``llm`` is an optional ``records.llm.LLMConfig``: the
+    summary then comes from the language model if its words pass the guardrail, else from the
+    deterministic template (the report says which).
+    """
+    return analyze_loaded(load_study(path), out_dir, bundle, record, llm=llm, explain_with=explain_with)
+
+
+def dicom_files(report: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """The DICOM objects an analysis wrote (``sr.dcm``, ``seg.dcm``, ``sc.dcm``), as paths in
+    ``out_dir``, in the order a PACS should store them (the SR references the SEG); [] for
+    non-DICOM input."""
+    files = [f["file"] for f in (report.get("dicom") or {}).get("files", [])]
+    order = {"seg.dcm": 0, "sr.dcm": 1, "sc.dcm": 2}
+    return [Path(out_dir) / name for name in sorted(files, key=lambda n: order.get(n, 9))]

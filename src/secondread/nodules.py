@@ -310,22 +310,39 @@ def _scaling(spacing: np.ndarray) -> np.ndarray:
     return affine
 
 
-def find_nodules(image: Image, max_candidates: int = MAX_CANDIDATES, lungs: np.ndarray | None = None) -> list[Candidate]:
-    """Ranked nodule candidates of a CT volume in HU (see the module docstring for the method).
+@dataclass
+class CandidateMask:
+    """The voxels of one candidate in full-volume coordinates, stored as a crop (a full-size mask
+    per candidate would cost rows x cols x slices bytes each).
 
-    Parameters
-    ----------
-    image : Image
-        3D ``[slices, rows, cols]`` in Hounsfield units with spacing in mm (``read_series``).
-    max_candidates : int
-        How many candidates to return, best first (the FROC curve needs more than a report).
-    lungs : numpy.ndarray, optional
-        A precomputed :func:`lung_mask` of the image (saves its cost when the caller has it).
+    ``crop`` is a boolean array whose voxel ``[0, 0, 0]`` is voxel ``origin`` (``(slice, row, col)``)
+    of ``Image.pixels``; :meth:`full` and :meth:`paste` put it back on the volume's grid.
+    """
 
-    Returns
-    -------
-    list of Candidate
-        Ranked 1.. by ``score`` (:func:`nodule_score`, higher first; ties by larger volume).
+    crop: np.ndarray
+    origin: tuple[int, int, int]
+
+    @property
+    def box(self) -> tuple[slice, ...]:
+        """Where the crop lies in the volume (numpy index)."""
+        return tuple(slice(o, o + n) for o, n in zip(self.origin, self.crop.shape))
+
+    def paste(self, volume: np.ndarray, value=True) -> np.ndarray:
+        """Set this candidate's voxels of ``volume`` (the image's shape) to ``value``, in place."""
+        volume[self.box][self.crop] = value
+        return volume
+
+    def full(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The candidate as a boolean volume of ``shape`` (the image's)."""
+        return self.paste(np.zeros(shape, dtype=bool))
+
+
+def find_nodule_masks(image: Image, max_candidates: int = MAX_CANDIDATES,
+                      lungs: np.ndarray | None = None) -> list[tuple[Candidate, CandidateMask]]:
+    """:func:`find_nodules` with each candidate's voxel mask (what a DICOM SEG or a viewer needs).
+
+    Same candidates, same order and same values as :func:`find_nodules`, which is this function
+    without the masks.
     """
     spacing = _check_volume(image)
     if max_candidates < 1:
@@ -342,12 +359,33 @@ def find_nodules(image: Image, max_candidates: int = MAX_CANDIDATES, lungs: np.n
         if refined is not None:
             cand = _measure(*refined, spacing, affine)
             if cand.diameter_mm >= DIAMETER_RANGE_MM[0]:  # Lung-RADS counts nodules from 3 mm
-                out.append(cand)
-    out.sort(key=lambda c: (-c.score, -c.volume_mm3))
+                out.append((cand, CandidateMask(refined[0], tuple(int(v) for v in refined[1]))))
+    out.sort(key=lambda cm: (-cm[0].score, -cm[0].volume_mm3))
     out = out[:max_candidates]
-    for rank, cand in enumerate(out, start=1):
+    for rank, (cand, _) in enumerate(out, start=1):
         cand.rank = rank
     return out
+
+
+def find_nodules(image: Image, max_candidates: int = MAX_CANDIDATES, lungs: np.ndarray | None = None) -> list[Candidate]:
+    """Ranked nodule candidates of a CT volume in HU (see the module docstring for the method).
+
+    Parameters
+    ----------
+    image : Image
+        3D ``[slices, rows, cols]`` in Hounsfield units with spacing in mm (``read_series``).
+    max_candidates : int
+        How many candidates to return, best first (the FROC curve needs more than a report).
+    lungs : numpy.ndarray, optional
+        A precomputed :func:`lung_mask` of the image (saves its cost when the caller has it).
+
+    Returns
+    -------
+    list of Candidate
+        Ranked 1.. by ``score`` (:func:`nodule_score`, higher first; ties by larger volume).
+        :func:`find_nodule_masks` gives the same list with each candidate's voxels.
+    """
+    return [cand for cand, _ in find_nodule_masks(image, max_candidates, lungs)]
 
 
 # ----------------------------------------------------------------------------- report and CSV

@@ -4,12 +4,14 @@ Why: OpenI's reports come with NegBio's expert gold standard in exactly this voc
 (``text/openi/labels.csv``), so a rule-based labeler can be measured against it the way NegBio and
 the ChestX-ray8 labeler were. Same tools as the note reader: medspaCy target rules per finding
 (``rules/eval/openi_findings.json``, label = the column name) and ConText for negation and
-uncertainty (medspaCy defaults + ``rules/context.json`` + ``rules/eval/context_negex.json``).
+uncertainty (medspaCy defaults + ``rules/context.json`` + ``rules/eval/context_negex.json`` +
+``rules/eval/context_openi.json``).
 
 Conventions of the gold standard, mirrored here:
 - a finding is 1 when the report affirms it (findings or impression); negated and hypothetical
   mentions do not count; historical ones do (a "stable" or "again seen" finding is still there);
-  whether an *uncertain* mention counts is :data:`UNCERTAIN_IS_POSITIVE` (chosen on the dev split);
+  whether an *uncertain* mention counts is chosen per finding on the dev split
+  (``uncertain_positive`` in the rule file);
 - ``normal`` is 1 when the report affirms no abnormality at all: none of the 14 and none of the
   ``OTHER`` terms (granuloma, degenerative change, sternotomy, ...). In the gold file ``normal``
   equals the report's MeSH term "normal", i.e. nothing abnormal was coded;
@@ -37,8 +39,7 @@ FINDINGS = (
 COLUMNS = ("filename", *FINDINGS, "normal")
 REPORT_COLUMNS = ("filename", "findings", "impression")
 RULE_FILE = "eval/openi_findings.json"
-CONTEXT_FILES = ("context.json", "eval/context_negex.json")
-UNCERTAIN_IS_POSITIVE = False
+CONTEXT_FILES = ("context.json", "eval/context_negex.json", "eval/context_openi.json")
 NEVER_POSITIVE = {"Hernia"}
 OTHER = "OTHER"
 EXCLUDED = "EXCLUDE"
@@ -129,8 +130,23 @@ def report_text(row: dict) -> str:
     return "\n\n".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
 
 
-def label_texts(texts: list[str], uncertain_is_positive: bool = UNCERTAIN_IS_POSITIVE) -> list[dict]:
-    """``{finding: 0/1, ..., "normal": 0/1}`` per text (nlp.pipe over the batch)."""
+@functools.lru_cache(maxsize=None)
+def uncertain_positive() -> frozenset[str]:
+    """Findings whose uncertain mentions count as positive (``uncertain_positive`` in the rule file)."""
+    from secondread.records.notes import rules_dir
+
+    data = json.loads((rules_dir() / RULE_FILE).read_text(encoding="utf-8"))
+    return frozenset(data.get("uncertain_positive", []))
+
+
+def label_texts(texts: list[str], uncertain_is_positive: bool | frozenset[str] | None = None) -> list[dict]:
+    """``{finding: 0/1, ..., "normal": 0/1}`` per text (nlp.pipe over the batch).
+
+    ``uncertain_is_positive``: True/False for every finding, a set of findings, or None for the
+    rule file's choice.
+    """
+    if uncertain_is_positive is None:
+        uncertain_is_positive = uncertain_positive()
     nlp = build_labeler()
     out = []
     for doc in nlp.pipe(texts, batch_size=64):
@@ -140,7 +156,8 @@ def label_texts(texts: list[str], uncertain_is_positive: bool = UNCERTAIN_IS_POS
                 continue
             if ent._.is_negated or ent._.is_hypothetical or ent._.is_family:
                 continue
-            if ent._.is_uncertain and not uncertain_is_positive:
+            if ent._.is_uncertain and not (uncertain_is_positive is True or (
+                    not isinstance(uncertain_is_positive, bool) and ent.label_ in uncertain_is_positive)):
                 continue
             positive.add(ent.label_)
         labels = {f: int(f in positive and f not in NEVER_POSITIVE) for f in FINDINGS}
@@ -225,7 +242,7 @@ def score_labels(pred_csv, gold_csv, names: list[str] | None = None) -> dict:
     return result
 
 
-def evaluate_split(reports_csv, gold_csv, uncertain_is_positive: bool = UNCERTAIN_IS_POSITIVE) -> dict:
+def evaluate_split(reports_csv, gold_csv, uncertain_is_positive: bool | frozenset[str] | None = None) -> dict:
     """``{"full", "dev", "heldout"}`` scores on the saved seeded split (``rules/eval/splits.json``)."""
     reports = read_reports(reports_csv)
     _, gold_rows = read_labels(gold_csv)

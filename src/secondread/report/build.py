@@ -70,12 +70,18 @@ def to_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, default=_json_default, allow_nan=False)
 
 
-def write_report(report: dict[str, Any], out_dir: str | os.PathLike, pictures: dict[str, np.ndarray]) -> Path:
-    """Write pictures (name -> array, saved as PNG), ``report.html`` and ``report.json`` into ``out_dir``.
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike, pictures: dict[str, np.ndarray],
+                 datasets: dict[str, Any] | None = None) -> Path:
+    """Write pictures (name -> array, saved as PNG), DICOM objects (name -> pydicom Dataset, e.g.
+    ``sr.dcm``), ``report.html`` and ``report.json`` into ``out_dir``.
 
     Everything goes to a temporary folder beside ``out_dir`` first; files are then moved in with
-    ``os.replace`` (atomic on one file system), ``report.json`` last.
+    ``os.replace`` (atomic on one file system), ``report.json`` last. A DICOM object that cannot
+    be written is one SecondreadError, and nothing of this report reaches ``out_dir``.
     """
+    from . import dicom  # lazy: highdicom only when there are DICOM outputs
+
+    datasets = datasets or {}
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -85,12 +91,27 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, pictures: d
     try:
         for name, array in pictures.items():
             save_png(staging / name, array)
+        for name, ds in datasets.items():
+            _save_dicom(dicom, ds, staging / name, out)
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")
         (staging / "report.json").write_text(to_json(report) + "\n", encoding="utf-8")
-        for name in [*pictures, "report.html", "report.json"]:
+        for name in [*pictures, *datasets, "report.html", "report.json"]:
             os.replace(staging / name, out / name)
+        for stale in set(dicom.WHAT) - set(datasets):  # a previous report's objects, not this one's
+            (out / stale).unlink(missing_ok=True)
     except OSError as exc:
         raise SecondreadError(out, f"cannot write the report ({exc.strerror})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / "report.json"
+
+
+def _save_dicom(dicom, ds, path: Path, out: Path) -> None:
+    """One DICOM object into the staging folder; pydicom refusing to encode it is one line naming
+    the report folder and the file, with no header value."""
+    try:
+        dicom.save(ds, path)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise SecondreadError(out, f"cannot write {path.name} ({type(exc).__name__})") from None

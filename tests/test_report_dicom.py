@@ -1,0 +1,340 @@
+"""DICOM outputs of ``analyze`` (SR TID 1500, SEG, SC), read back with highdicom/pydicom and
+validated with dciodvfy (Debian dicom3tools).
+
+The references are independent of the writer: the source files as pydicom reads them (their UIDs,
+Image Position (Patient)), the values of report.json, the masks :mod:`secondread.nodules` computes
+and the overlay PNG; the SEG's pixels are decoded by pydicom and placed by their plane positions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image as PILImage
+
+from secondread.analyze import analyze_image, dicom_files, load_study
+from secondread.errors import SecondreadError
+
+CODES = json.loads((Path(__file__).parents[1] / "src/secondread/report/codes.json").read_text())
+DCIODVFY = shutil.which("dciodvfy") or ("/usr/bin/dciodvfy" if Path("/usr/bin/dciodvfy").exists() else None)
+
+
+# ----------------------------------------------------------------------------- helpers
+def content_items(items):
+    """Every SR content item, depth first."""
+    for item in items:
+        yield item
+        if "ContentSequence" in item:
+            yield from content_items(item.ContentSequence)
+
+
+def named(items, meaning):
+    return [i for i in items if "ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+
+def code_of(concept) -> tuple[str, str]:
+    return concept.scheme_designator, concept.value
+
+
+def measurements(group) -> dict[str, tuple[float, str]]:
+    return {m.name.meaning: (float(m.value), m.unit.value) for m in group.get_measurements()}
+
+
+def source_headers(folder: Path) -> dict[str, pydicom.Dataset]:
+    """SOP Instance UID -> header of each file of a series folder (pydicom, no secondread code)."""
+    out = {}
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out[str(ds.SOPInstanceUID)] = ds
+    return out
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+def require_dciodvfy():
+    if DCIODVFY is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("dciodvfy (Debian package dicom3tools) is required in CI")
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools: make system-deps)")
+
+
+def identifiers(ds: pydicom.Dataset) -> list[str]:
+    values = [str(ds.get(k) or "") for k in ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate")]
+    return [v for v in values if len(v) >= 4]
+
+
+# ----------------------------------------------------------------------------- LIDC series
+@pytest.fixture(scope="module")
+def lidc(data_root, tmp_path_factory):
+    series = data_root / "ct" / "LIDC-IDRI-0001" / "series"
+    out = tmp_path_factory.mktemp("lidc") / "report"
+    report = analyze_image(series, out)  # bundle=None: chosen automatically
+    return series, out, report
+
+
+def test_lidc_report_lists_nodule_candidates_and_dicom_files(lidc, data_root):
+    series, out, report = lidc
+    assert report["model"]["chosen"]["name"] == "adrenal-ct-3d" and "volume" in report["model"]["chosen"]["reason"]
+    nodules = [f for f in report["findings"] if f.get("kind") == "nodule candidate"]
+    assert 1 <= len(nodules) <= 10 and [f["rank"] for f in nodules] == list(range(1, len(nodules) + 1))
+    assert all("not a calibrated probability" in f["score_meaning"].lower() and "probability" not in f for f in nodules)
+    # the readers' nodule (nodules.csv: all four readers, 32.8 mm) is candidate 1, centred within its radius
+    import csv
+    row = next(csv.DictReader((data_root / "ct" / "LIDC-IDRI-0001" / "nodules.csv").open()))
+    centre = np.array([float(row[k]) for k in ("x_mm", "y_mm", "z_mm")])
+    assert np.linalg.norm(np.array(nodules[0]["center_mm"]) - centre) < float(row["diameter_mm"]) / 2
+    assert {f["file"] for f in report["dicom"]["files"]} == {"sr.dcm", "seg.dcm", "sc.dcm"}
+    assert [p.name for p in dicom_files(report, out)] == ["seg.dcm", "sr.dcm", "sc.dcm"]
+    assert all(p.is_file() for p in dicom_files(report, out))
+    # no identifier of the source in report.json / report.html (the .dcm files carry them, for the PACS)
+    first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    text = (out / "report.json").read_text() + (out / "report.html").read_text()
+    assert all(v not in text for v in identifiers(first))
+    assert "chosen automatically" in (out / "report.html").read_text()
+    assert not list(out.glob(".secondread-*"))  # no staging left behind
+
+
+def test_lidc_sr_groups_codes_values_units_and_references(lidc):
+    series, out, report = lidc
+    sources = source_headers(series)
+    sr = hd.sr.srread(out / "sr.dcm")
+    seg = pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True)
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert sr.StudyInstanceUID == next(iter(sources.values())).StudyInstanceUID
+    assert sr.PatientID == next(iter(sources.values())).PatientID  # filed with the patient's study
+    # evidence: every source slice and the SEG, by SOP Instance UID
+    evidence = {str(i.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == set(sources) | {str(seg.SOPInstanceUID)}
+    content = sr.content
+    model = content.get_planar_roi_measurement_groups()
+    volumes = content.get_volumetric_roi_measurement_groups()
+    nodules = [f for f in report["findings"] if f.get("kind") == "nodule candidate"]
+    assert len(model) == 1 and len(volumes) == len(nodules)
+    finding = report["findings"][0]
+    assert code_of(model[0].finding_type) == ("SCT", CODES["findings"]["adrenal hyperplasia"]["value"])
+    assert measurements(model[0])["Probability"] == (pytest.approx(finding["probability"]), "1")
+    assert measurements(model[0])["Volume"] == (pytest.approx(finding["measurements"]["volume_mm3"]), "mm3")
+    crossed = sorted(v.value.value for v in model[0].get_qualitative_evaluations())
+    expected = sorted(n for n, op in finding["operating_points"].items() if op["crossed"]) or ["none"]
+    assert crossed == expected
+    # the region: the Grad-CAM peak as a point on the source slice it lies in
+    roi = model[0].roi
+    assert roi.graphic_type == hd.sr.GraphicTypeValues.POINT
+    peak = finding["region"]["peak"]
+    np.testing.assert_allclose(roi.value, [[peak["x"] + 0.5, peak["y"] + 0.5]])
+    ref_uid = roi.ReferencedSOPSequence[0].ReferencedSOPInstanceUID if "ReferencedSOPSequence" in roi else \
+        roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert ref_uid in sources
+    # each nodule group: coded as Nodule in Lung, sizes in UCUM, its segment in seg.dcm, its slices
+    positions = _slice_index(sources)
+    for group, f in zip(volumes, nodules):
+        assert code_of(group.finding_type) == ("SCT", "27925004")
+        assert [code_of(s.value) for s in group.finding_sites] == [("SCT", "39607008")]
+        m = measurements(group)
+        assert m["Diameter"] == (pytest.approx(f["diameter_mm"]), "mm")
+        assert m["Long axis"] == (pytest.approx(f["long_axis_mm"]), "mm")
+        assert m["Short axis"] == (pytest.approx(f["short_axis_mm"]), "mm")
+        assert m["Volume"] == (pytest.approx(f["volume_mm3"]), "mm3")
+        assert m["Candidate ranking score (not a probability)"] == (pytest.approx(f["score"]), "1")
+        items = list(content_items(group))  # the group's content: its segment and source images
+        seg_refs = [i for i in items if "ReferencedSOPSequence" in i and
+                    i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID]
+        assert seg_refs and seg_refs[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 1
+        slices = sorted(positions[i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID] for i in items
+                        if "ReferencedSOPSequence" in i and i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID in sources)
+        assert slices == list(range(f["bbox"]["slice_min"], f["bbox"]["slice_max"]))
+    # observation context: the device (software + model) that made the report
+    items = list(content_items(sr.ContentSequence))
+    assert named(items, "Device Observer Name")[0].TextValue == "secondread"
+    assert report["model"]["name"] in named(items, "Device Observer Model Name")[0].TextValue
+    assert {i.TextValue for i in named(items, "Algorithm Name")} >= {report["model"]["name"]}
+    assert {i.TextValue for i in named(items, "Algorithm Version")} >= {str(report["model"]["version"])}
+
+
+def _slice_index(sources: dict[str, pydicom.Dataset]) -> dict[str, int]:
+    """SOP Instance UID -> slice index, ordered by position along the slice normal (pydicom only)."""
+    def along(ds):
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, dtype=float)))
+    order = sorted(sources, key=lambda uid: along(sources[uid]))
+    return {uid: k for k, uid in enumerate(order)}
+
+
+def test_lidc_seg_mask_round_trips_voxel_for_voxel(lidc):
+    from secondread.nodules import find_nodule_masks, find_nodules
+
+    series, out, report = lidc
+    sources = source_headers(series)
+    index = _slice_index(sources)
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert seg.SegmentationType == "BINARY" and len(seg.SegmentSequence) == 1
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
+    assert seg.FrameOfReferenceUID == next(iter(sources.values())).FrameOfReferenceUID
+    # the mask re-read: pydicom decodes the frames; each is placed by its source image and its plane position
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    first = next(iter(sources.values()))
+    volume = np.zeros((len(sources), int(first.Rows), int(first.Columns)), dtype=bool)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        np.testing.assert_allclose(position, np.asarray(sources[uid].ImagePositionPatient, dtype=float), atol=1e-3)
+        ident = item.get("SegmentIdentificationSequence") or seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+        assert ident[0].ReferencedSegmentNumber == 1
+        volume[index[uid]] |= frame.astype(bool)
+    # the mask written: what secondread.nodules computes on the volume (same candidates as the report)
+    image = load_study(series).image
+    found = find_nodule_masks(image, max_candidates=len([f for f in report["findings"] if f.get("kind")]))
+    expected = np.zeros(image.shape, dtype=bool)
+    for cand, mask in found:
+        mask.paste(expected)
+        # the mask is the candidate the report measures: voxel count x voxel volume, bounding box
+        assert mask.crop.sum() * np.prod(image.spacing) == pytest.approx(cand.volume_mm3, abs=0.05)
+        idx = np.argwhere(mask.full(image.shape))
+        assert tuple(idx.min(0)) + tuple(idx.max(0) + 1) == cand.bbox
+    assert volume.sum() > 0 and np.array_equal(volume, expected)
+    # exposing the masks changed nothing of find_nodules' output
+    assert [c.as_dict() for c, _ in found] == [c.as_dict() for c in find_nodules(image, max_candidates=len(found))]
+
+
+def test_lidc_sc_is_the_overlay(lidc):
+    series, out, report = lidc
+    sc = pydicom.dcmread(out / "sc.dcm")
+    png = np.asarray(PILImage.open(out / "overlay.png").convert("RGB"))
+    assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+    assert np.array_equal(sc.pixel_array, png)
+    first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    assert sc.StudyInstanceUID == first.StudyInstanceUID and sc.PatientID == first.PatientID
+
+
+@pytest.mark.parametrize("name", ["sr.dcm", "seg.dcm", "sc.dcm"])
+def test_lidc_outputs_pass_dciodvfy(lidc, name):
+    require_dciodvfy()
+    assert dciodvfy_errors(lidc[1] / name) == []
+
+
+# ----------------------------------------------------------------------------- 2D samples
+SAMPLES = {"CT_small.dcm": "pneumonia", "MR_small.dcm": "brain tumour", "6154": "pneumonia", "RG3_UNCR.dcm": "pneumonia"}
+
+
+@pytest.fixture(scope="module")
+def samples(data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    return {name: (data_root / "dicom" / name, root / name, analyze_image(data_root / "dicom" / name, root / name))
+            for name in SAMPLES}
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_2d_sr_codes_probability_region_and_references(samples, name):
+    path, out, report = samples[name]
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    finding = report["findings"][0]
+    assert finding["label"] == SAMPLES[name] and len(report["findings"]) == 1
+    sr = hd.sr.srread(out / "sr.dcm")
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    evidence = [i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
+    assert evidence == [source.SOPInstanceUID]
+    entry = CODES["findings"][SAMPLES[name]]
+    content = sr.content
+    groups = content.get_planar_roi_measurement_groups() + content.get_image_measurement_groups()
+    assert len(groups) == 1
+    group = groups[0]
+    assert code_of(group.finding_type) == (entry["scheme"], entry["value"])
+    m = measurements(group)
+    assert m["Probability"] == (pytest.approx(finding["probability"]), "1")
+    crossed = sorted(v.value.value for v in group.get_qualitative_evaluations())
+    assert crossed == (sorted(n for n, op in finding["operating_points"].items() if op["crossed"]) or ["none"])
+    items = list(content_items(sr.ContentSequence))
+    refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if "ReferencedSOPSequence" in i}
+    assert refs == {source.SOPInstanceUID}
+    region = finding["region"]
+    if region:  # the hottest region as a closed polyline through the pixel edges, its area in mm2
+        roi = group.roi
+        assert roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        x0, y0, x1, y1 = region["x_min"], region["y_min"], region["x_max"], region["y_max"]
+        np.testing.assert_allclose(roi.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+        if "area_mm2" in region:
+            assert m["Area"] == (pytest.approx(region["area_mm2"]), "mm2")
+        sc = pydicom.dcmread(out / "sc.dcm")
+        assert np.array_equal(sc.pixel_array, np.asarray(PILImage.open(out / "overlay.png").convert("RGB")))
+        assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    else:
+        assert not (out / "sc.dcm").exists()
+    assert not (out / "seg.dcm").exists()  # no mask for a 2D model finding
+    written = {f["file"] for f in report["dicom"]["files"]}
+    assert written == {p.name for p in out.glob("*.dcm")}
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_2d_outputs_pass_dciodvfy(samples, name):
+    require_dciodvfy()
+    out = samples[name][1]
+    for path in sorted(out.glob("*.dcm")):
+        assert dciodvfy_errors(path) == [], path.name
+
+
+def test_dicom_without_study_uids_gets_a_report_and_no_dcm(data_root, tmp_path):
+    out = tmp_path / "r"
+    report = analyze_image(data_root / "dicom" / "JPEGLSNearLossless_16.dcm", out)
+    assert not list(out.glob("*.dcm")) and report["dicom"]["files"] == []
+    assert "StudyInstanceUID" in report["dicom"]["skipped"][0]
+
+
+def test_a_dicom_write_failure_is_one_line_and_leaves_nothing(data_root, tmp_path, monkeypatch):
+    import secondread.report.dicom as dicom
+
+    def broken(ds, path):
+        raise ValueError("pydicom cannot encode this")
+
+    monkeypatch.setattr(dicom, "save", broken)
+    out = tmp_path / "r"
+    with pytest.raises(SecondreadError) as err:
+        analyze_image(data_root / "dicom" / "CT_small.dcm", out)
+    assert "\n" not in str(err.value) and "cannot write sr.dcm" in str(err.value)
+    assert list(out.iterdir()) == []  # nothing of this report, no staging folder
+
+
+def test_a_dicom_build_failure_is_one_line_and_leaves_nothing(data_root, tmp_path, monkeypatch):
+    import secondread.report.dicom as dicom
+
+    def broken(*args, **kwargs):
+        raise KeyError("PatientName=Doe^Jane")  # a message holding a header value must not leak
+
+    monkeypatch.setattr(dicom, "build_sr", broken)
+    out = tmp_path / "r"
+    with pytest.raises(SecondreadError) as err:
+        analyze_image(data_root / "dicom" / "MR_small.dcm", out)
+    assert "\n" not in str(err.value) and "Doe" not in str(err.value) and "MR_small.dcm" in str(err.value)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_deidentified_source_no_name_in_warnings_and_valid_outputs(data_root, tmp_path):
+    """693_J2KR.dcm: de-identified (Patient Identity Removed YES, no method stated) with a one-part
+    patient name that highdicom warns about, quoting it: no such warning may escape."""
+    import warnings
+
+    path = data_root / "dicom" / "693_J2KR.dcm"
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = analyze_image(path, tmp_path / "r")
+    assert not [w for w in caught if str(source.PatientName) in str(w.message)]
+    for f in report["dicom"]["files"]:
+        ds = pydicom.dcmread(tmp_path / "r" / f["file"], stop_before_pixels=True)
+        assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod
+    require_dciodvfy()
+    for p in sorted((tmp_path / "r").glob("*.dcm")):
+        assert dciodvfy_errors(p) == [], p.name
