@@ -61,12 +61,12 @@ class Server:
         env.pop("SECONDREAD_API_TOKEN", None)
         if token:
             env["SECONDREAD_API_TOKEN"] = token
-        self.log = open(root / "server.log", "w+")
+        self.log = open(root / "server.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "secondread", "serve", "--port", str(self.port),
                                       "--max-upload-mb", str(MAX_UPLOAD_MB), *extra],
                                      cwd=self.cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 120) -> "Server":
+    def wait_ready(self, timeout: float = 120) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -207,13 +207,13 @@ def assert_refused(response, status: int, *words: str) -> str:
 def test_refuses_to_start_without_a_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SECONDREAD_API_TOKEN"}
     proc = subprocess.run([sys.executable, "-m", "secondread", "serve", "--port", str(free_port())],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "no API token" in proc.stderr
     short = tmp_path / "token"
     short.write_text("short\n")
     proc = subprocess.run([sys.executable, "-m", "secondread", "serve", "--token-file", str(short)],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode != 0 and "at least 16 characters" in proc.stderr and "short" not in proc.stderr
 
 
@@ -494,19 +494,19 @@ def pacs_with(tmp_path: Path, *files: Path):
 
 def test_pacs_study_listed_and_analysed(tmp_path, data_root):
     sample = data_root / "dicom" / "CT_small.dcm"
-    with pacs_with(tmp_path, sample) as (orthanc, (uid,)):
-        with running_service(tmp_path / "s", "--pacs-url", orthanc.dicomweb) as server:
-            with httpx.Client(base_url=server.url, timeout=300) as c:
-                listed = c.get("/v1/pacs/studies", headers=auth())
-                assert listed.status_code == 200 and uid in [s["study_uid"] for s in listed.json()]
-                name = str(pydicom.dcmread(sample, stop_before_pixels=True).PatientName)
-                assert name not in listed.text
-                response = c.post(f"/v1/pacs/studies/{uid}/analyze", params={"view": "true"}, headers=auth())
-                assert response.status_code == 200, response.text
-                served = response.json()
-                local = local_report(sample, served["model"]["name"], tmp_path / "out")
-                assert served["findings"] == local["findings"] and served["suggestion"] == local["suggestion"]
-                assert served["view"]["slices"] == 1
-                missing = c.post("/v1/pacs/studies/1.2.3.4.5/analyze", headers=auth())
-                assert missing.status_code == 502 and "\n" not in missing.json()["detail"]
-            assert list(server.tmp.iterdir()) == []
+    with pacs_with(tmp_path, sample) as (orthanc, (uid,)), \
+            running_service(tmp_path / "s", "--pacs-url", orthanc.dicomweb) as server:
+        with httpx.Client(base_url=server.url, timeout=300) as c:
+            listed = c.get("/v1/pacs/studies", headers=auth())
+            assert listed.status_code == 200 and uid in [s["study_uid"] for s in listed.json()]
+            name = str(pydicom.dcmread(sample, stop_before_pixels=True).PatientName)
+            assert name not in listed.text
+            response = c.post(f"/v1/pacs/studies/{uid}/analyze", params={"view": "true"}, headers=auth())
+            assert response.status_code == 200, response.text
+            served = response.json()
+            local = local_report(sample, served["model"]["name"], tmp_path / "out")
+            assert served["findings"] == local["findings"] and served["suggestion"] == local["suggestion"]
+            assert served["view"]["slices"] == 1
+            missing = c.post("/v1/pacs/studies/1.2.3.4.5/analyze", headers=auth())
+            assert missing.status_code == 502 and "\n" not in missing.json()["detail"]
+        assert list(server.tmp.iterdir()) == []

@@ -14,9 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_serve import (
+    LIDC,
+    TOKEN,
+    auth,
+    chest_xray_png,
+    pacs_with,
+    running_service,
+    zip_folder,
+)
 
 from secondread.finding import format_probability
-from test_serve import LIDC, TOKEN, auth, chest_xray_png, pacs_with, running_service, zip_folder
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -146,19 +154,19 @@ def test_lidc_series(page, server, data_root, tmp_path):
 def test_pick_a_study_from_the_pacs(browser, data_root, tmp_path):
     """With --pacs-url, the page lists the PACS's studies and analyses the one clicked."""
     sample = data_root / "dicom" / "CT_small.dcm"
-    with pacs_with(tmp_path, sample) as (orthanc, (uid,)):
-        with running_service(tmp_path / "s", "--pacs-url", orthanc.dicomweb) as server:
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            page = context.new_page()
-            page.goto(server.url + "/")
-            page.fill("#token", TOKEN)
-            page.click("#token-form button")
-            page.click("#pacs-load")
-            item = page.locator(f"#pacs-studies li[title='{uid}']")
-            item.click()
-            page.wait_for_function("document.querySelector('#status').textContent.startsWith('Analysed')"
-                                   " || document.querySelector('#status').classList.contains('error')",
-                                   timeout=300_000)
-            assert page.text_content("#status").startswith("Analysed"), page.text_content("#status")
-            assert "CT" in page.text_content("#model") and page.text_content("#statement") != "–"
-            context.close()
+    with pacs_with(tmp_path, sample) as (orthanc, (uid,)), \
+            running_service(tmp_path / "s", "--pacs-url", orthanc.dicomweb) as server:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.click("#token-form button")
+        page.click("#pacs-load")
+        item = page.locator(f"#pacs-studies li[title='{uid}']")
+        item.click()
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Analysed')"
+                               " || document.querySelector('#status').classList.contains('error')",
+                               timeout=300_000)
+        assert page.text_content("#status").startswith("Analysed"), page.text_content("#status")
+        assert "CT" in page.text_content("#model") and page.text_content("#statement") != "–"
+        context.close()

@@ -126,7 +126,7 @@ def pick_bundle(path: Path, forced: str | None) -> str:
         import pydicom
         try:
             modality = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("Modality", ""))
-        except Exception:  # unreadable header: let the loader say why, with the default model
+        except Exception:  # noqa: BLE001 - unreadable header: the loader says why, with the default model
             modality = ""
         return MODALITY_BUNDLE.get(modality.upper(), DEFAULT_BUNDLE)
     return DEFAULT_BUNDLE
@@ -252,7 +252,7 @@ def create_app(settings: Settings) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="the operator's API token")
     token = settings.token.encode()
 
-    def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         given = creds.credentials.encode() if creds else b""
         if not hmac.compare_digest(given, token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -316,7 +316,7 @@ async def run_analysis(service: Service, path: Path, folder: Path, notes, fhir, 
             partial(service.analyse, path, folder / "out", notes, fhir, view), limiter=service.limiter)
     except (SecondreadError, UploadRefused):
         raise
-    except Exception as exc:  # a bug of ours: the type only, in the log and to the client
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: the type only, in the log and to the client
         log.error("internal error while analysing: %s", type(exc).__name__)
         return JSONResponse({"detail": f"internal error while analysing ({type(exc).__name__})"}, status_code=500)
     finally:

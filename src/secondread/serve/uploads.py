@@ -10,7 +10,6 @@ the bytes arrive, and every refusal is a :class:`UploadRefused` with an HTTP sta
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -179,7 +178,7 @@ class MultipartSink:
         else:
             raise UploadRefused(422, f"unexpected form field {name[:40]!r} (expected files, notes, fhir)")
         self._field = name
-        self._out = open(path, "xb")
+        self._out = open(path, "xb")  # noqa: SIM115 - stays open across the parser's callbacks
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start

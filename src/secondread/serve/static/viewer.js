@@ -260,13 +260,13 @@ function drawBoxes() {
   if (!$("show-boxes").checked) return;
   ctx.strokeStyle = "#00ff66";
   ctx.lineWidth = Math.max(1, canvas.width / 256);
-  ctx.font = `${Math.max(8, canvas.width / 28)}px sans-serif`;
+  ctx.font = `${Math.max(8, canvas.width / 40)}px sans-serif`;
   ctx.fillStyle = "#00ff66";
   for (const b of state.view.boxes) {
     if (state.z < b.z_min || state.z >= b.z_max) continue;
     ctx.strokeStyle = ctx.fillStyle = b.kind === "nodule candidate" ? "#ff40ff" : "#00ff66";
     ctx.strokeRect(b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min);
-    if (canvas.width >= 64) ctx.fillText(b.label || "", b.x_min + 2, b.y_min + Math.max(8, canvas.width / 28));
+    if (canvas.width >= 64) ctx.fillText(b.label || "", b.x_min + 2, b.y_min - 3 > 10 ? b.y_min - 3 : b.y_min + Math.max(8, canvas.width / 40));
   }
 }
 
