@@ -25,7 +25,6 @@ import logging
 import queue
 import tempfile
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -310,10 +309,13 @@ def _add_service_routes(app: FastAPI, service: Service, authorised) -> None:
 async def run_analysis(service: Service, path: Path, folder: Path, notes, fhir, view: bool) -> Response:
     """Analyse in a worker thread (at most ``workers`` at once); answer the report as JSON."""
     from ..report.build import to_json
+
+    def analyse_to_json() -> str:  # serialised in the worker too: the event loop only sends bytes
+        return to_json(service.analyse(path, folder / "out", notes, fhir, view))
+
     service.busy += 1
     try:
-        report = await anyio.to_thread.run_sync(
-            partial(service.analyse, path, folder / "out", notes, fhir, view), limiter=service.limiter)
+        body = await anyio.to_thread.run_sync(analyse_to_json, limiter=service.limiter)
     except (SecondreadError, UploadRefused):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug of ours: the type only, in the log and to the client
@@ -321,7 +323,7 @@ async def run_analysis(service: Service, path: Path, folder: Path, notes, fhir, 
         return JSONResponse({"detail": f"internal error while analysing ({type(exc).__name__})"}, status_code=500)
     finally:
         service.busy -= 1
-    return Response(to_json(report), media_type="application/json")
+    return Response(body, media_type="application/json")
 
 
 def _add_view_routes(app: FastAPI, service: Service, authorised) -> None:
