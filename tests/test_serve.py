@@ -417,6 +417,23 @@ def test_oversize_chunked_body_413_while_streaming(server):
     assert list(server.tmp.iterdir()) == []
 
 
+def test_client_leaving_mid_upload_leaves_nothing(server):
+    head = (f"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {10 * 2**20}\r\n\r\n").encode()
+    part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="half.dcm"\r\n\r\n' + bytes(2**20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + part)
+        deadline = time.monotonic() + 30
+        while not any(server.tmp.iterdir()) and time.monotonic() < deadline:  # the upload has begun
+            time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while any(server.tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(server.tmp.iterdir()) == []
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    assert "Traceback" not in server.output()
+
+
 def _zip(members: dict[str, bytes], **kw) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -460,7 +477,7 @@ def test_truncated_dicom_422_without_identifiers(client, data_root):
     buf = io.BytesIO()
     ds.save_as(buf)
     data = buf.getvalue()[:-5000]
-    detail = assert_refused(post(client, [("files", ("Doe_Jane.dcm", data, "application/dicom"))]), 422)
+    detail = assert_refused(post(client, [("files", ("truncated.dcm", data, "application/dicom"))]), 422)
     assert "Doe^Jane" not in detail and "998877" not in detail
 
 
@@ -471,6 +488,16 @@ def test_malformed_requests_422(client, xray):
     assert_refused(post(client, [("files", ("chest.png", xray.read_bytes(), "image/png")),
                                  ("fhir", ("fhir.json", b"{not json", "application/json"))]), 422, "fhir")
     assert_refused(post(client, [("files", ("a.txt", b"hello", "text/plain"))]), 422, "a.txt", "unsupported")
+
+
+def test_server_log_has_no_traceback_nor_identifiers(server, data_root):
+    """Runs after the tests above (same server): its log kept no traceback, no patient identifier."""
+    log = server.output()
+    assert "Traceback" not in log and "Doe^Jane" not in log and "998877" not in log
+    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"):
+        ds = pydicom.dcmread(data_root / "dicom" / name, stop_before_pixels=True)
+        for identifier in (str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))):
+            assert len(identifier) < 4 or identifier not in log
 
 
 # --- PACS (when the PACS client and the Orthanc test helper are there) -----------------------------

@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.requests import ClientDisconnect
 
 from .. import DISCLAIMER, __version__
 from ..errors import SecondreadError
@@ -297,6 +298,8 @@ def _add_service_routes(app: FastAPI, service: Service, authorised) -> None:
             return JSONResponse({"detail": exc.reason}, status_code=exc.status)
         except SecondreadError as exc:
             return JSONResponse({"detail": client_message(exc, folder, label)}, status_code=422)
+        except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to keep
+            return Response(status_code=400)
         finally:
             await anyio.to_thread.run_sync(remove_tree, folder)
 
