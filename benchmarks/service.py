@@ -7,7 +7,10 @@ to show the event loop stays free. In the same run, the obvious alternatives: ``
 called in-process one image after another (no HTTP, bundle loaded once), and the command line
 started once per image (``secondread analyze``), as a script without the service would do.
 
-    .venv/bin/python benchmarks/service.py [--clients 50] [--seconds 30] [--workers 2]
+    .venv/bin/python benchmarks/service.py [--clients 50] [--seconds 30] [--workers 2] [--ct 3]
+
+``--ct N`` adds a second table: the LIDC-IDRI-0001 CT series (133 slices) sent N times as a zip, one
+after another, against ``analyze_image`` on the series folder in-process.
 
 Target (issue 8): zero errors and p95 under 5 s for a chest X-ray on 2 cores.
 """
@@ -146,6 +149,38 @@ def cli_per_image(pngs: list[Path], out: Path, n: int) -> dict:
     return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - began}
 
 
+def zip_series(folder: Path, dest: Path) -> Path:
+    import zipfile
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, "series/" + f.name)
+    return dest
+
+
+def ct_series(url: str, token: str, archive: Path, n: int) -> dict:
+    body, latencies, errors = archive.read_bytes(), [], {}
+    began = time.perf_counter()
+    for _ in range(n):
+        start = time.perf_counter()
+        r = httpx.post(url + "/v1/analyze", files=[("files", ("series.zip", body, "application/zip"))],
+                       headers={"Authorization": f"Bearer {token}"}, timeout=600)
+        if r.status_code == 200:
+            latencies.append(time.perf_counter() - start)
+        else:
+            errors[f"HTTP {r.status_code}"] = errors.get(f"HTTP {r.status_code}", 0) + 1
+    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - began}
+
+
+def ct_in_process(folder: Path, out: Path, n: int) -> dict:
+    latencies = []
+    began = time.perf_counter()
+    for i in range(n):
+        start = time.perf_counter()
+        analyze_image(folder, out / f"ct{i}")  # the model chosen as the service chooses it
+        latencies.append(time.perf_counter() - start)
+    return {"latencies": latencies, "errors": {}, "elapsed": time.perf_counter() - began}
+
+
 def row(name: str, r: dict) -> str:
     lat = np.asarray(r["latencies"]) if r["latencies"] else np.asarray([np.nan])
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
@@ -162,6 +197,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="length of the load phase (default 30)")
     p.add_argument("--workers", type=int, default=2, help="the service's --workers (default 2)")
     p.add_argument("--cli-images", type=int, default=5, help="images for the one-process-per-image row")
+    p.add_argument("--ct", type=int, default=0, metavar="N", help="also time the LIDC CT series N times")
     args = p.parse_args()
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,6 +207,8 @@ def main() -> None:
         proc, url = start_service(token, args.workers, tmp / "server-tmp")
         try:
             served = asyncio.run(load(url, token, pngs, args.clients, args.seconds))
+            series = data_root() / "ct" / "LIDC-IDRI-0001" / "series"
+            ct = ct_series(url, token, zip_series(series, tmp / "series.zip"), args.ct) if args.ct else None
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -178,6 +216,7 @@ def main() -> None:
         local = in_process(pngs, tmp / "local", min(args.seconds, 15))
         local1 = in_process(pngs, tmp / "local1", min(args.seconds, 15), threads=1)
         cli = cli_per_image(pngs, tmp / "cli", args.cli_images)
+        ct_local = ct_in_process(series, tmp / "ct", args.ct) if args.ct else None
     health = np.asarray(served["health"])
     print(f"chest X-ray PNG (PneumoniaMNIST val, 28 x 28), {os.cpu_count()} cores, "
           f"load average at start: {load_before:.1f}")
@@ -187,6 +226,12 @@ def main() -> None:
     print(row(f"analyze_image in-process, sequential, torch default threads ({os.cpu_count()})", local))
     print(row("analyze_image in-process, sequential, 1 torch thread", local1))
     print(row("`secondread analyze` CLI, one process per image", cli))
+    if ct:
+        print("\nCT series LIDC-IDRI-0001 (133 x 512 x 512), one request at a time")
+        print("| mode | analyses | errors | analyses/s | p50 s | p95 s | p99 s |")
+        print("|---|---|---|---|---|---|---|")
+        print(row("service, zip upload (34 MB)", ct))
+        print(row("analyze_image in-process on the folder", ct_local))
     print(f"/healthz during the load: {len(health)} polls, p50 {np.median(health) * 1000:.0f} ms, "
           f"max {health.max() * 1000:.0f} ms; files left in the service's TMPDIR: {len(leftovers)}")
 
