@@ -338,3 +338,31 @@ def test_deidentified_source_no_name_in_warnings_and_valid_outputs(data_root, tm
     require_dciodvfy()
     for p in sorted((tmp_path / "r").glob("*.dcm")):
         assert dciodvfy_errors(p) == [], p.name
+
+
+def test_seg_of_a_2d_mask_on_a_single_frame_image(data_root, tmp_path):
+    """The SEG writer for masks other than nodules (e.g. a tumour outline on one MR slice)."""
+    from secondread.report.dicom import DicomInputs, Segment, Sources, build_objects, save
+
+    source = pydicom.dcmread(data_root / "dicom" / "MR_small.dcm", stop_before_pixels=True)
+    rows, cols = np.mgrid[:64, :64]
+    disc = (rows - 30) ** 2 + (cols - 20) ** 2 <= 81
+    ring = ((rows - 40) ** 2 + (cols - 40) ** 2 <= 64) & ~disc
+    inputs = DicomInputs(sources=Sources([source]), shape=(64, 64), model_name="test", model_version="1",
+                         model_sha256="0" * 64, segments=[Segment("brain tumour", disc, "test outline", "1"),
+                                                          Segment("nodule candidate", ring, "test ring", "1")])
+    finding = {"label": "brain tumour", "probability": 0.7, "region": None, "measurements": {},
+               "operating_points": {"balanced": {"threshold": 0.5, "crossed": True}}}
+    objects, entry = build_objects({"findings": [finding]}, inputs, source="MR_small.dcm")
+    assert [f["file"] for f in entry["files"]] == ["sr.dcm", "seg.dcm"]
+    save(objects["seg.dcm"], tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence] == ["126952004", "27925004"]
+    frames = seg.pixel_array.reshape(-1, 64, 64)
+    by_segment = {}
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        assert item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        by_segment[item.SegmentIdentificationSequence[0].ReferencedSegmentNumber] = frame.astype(bool)
+    assert np.array_equal(by_segment[1], disc) and np.array_equal(by_segment[2], ring)
+    require_dciodvfy()
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []

@@ -298,11 +298,14 @@ def _for_summary(finding: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region) -> Any:
-    from .report.dicom import DicomInputs
+    from . import __version__
+    from .report.dicom import NODULE_ALGORITHM, DicomInputs, Segment, nodule_label_volume
 
+    segments = [Segment("nodule candidate", nodule_label_volume(masks, study.image.shape), NODULE_ALGORITHM,
+                        __version__)] if masks else []
     plane = region["peak"]["z"] if region and study.image.pixels.ndim == 3 else study.image.shape[0] // 2
     return DicomInputs(sources=study.sources, shape=study.image.shape, model_name=bundle.name,
-                       model_version=str(bundle.version), model_sha256=bundle.sha256, nodule_masks=masks,
+                       model_version=str(bundle.version), model_sha256=bundle.sha256, segments=segments,
                        overlay=overlay_rgb, overlay_slice=int(plane) if study.image.pixels.ndim == 3 else 0)
 
 

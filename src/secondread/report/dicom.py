@@ -42,7 +42,6 @@ from ..errors import SecondreadError
 
 MANUFACTURER = "secondread (open source)"
 SERIES_NUMBERS = {"sr.dcm": 9901, "seg.dcm": 9902, "sc.dcm": 9903}
-NODULE_SEGMENT = 1
 NODULE_ALGORITHM = "secondread lung-nodule candidates (classical image processing)"
 WHAT = {
     "sr.dcm": "Comprehensive 3D SR, TID 1500 measurement report: one measurement group per finding",
@@ -104,6 +103,19 @@ class Sources:
 
 
 @dataclass
+class Segment:
+    """One segment of seg.dcm: every mask of one lesion type, as one boolean array of the image's
+    shape. ``label`` is a finding of ``codes.json`` (its coded type); ``family`` names the
+    algorithm family (DICOM CID 7162, as in ``pydicom.sr.codedict.codes.cid7162``)."""
+
+    label: str
+    mask: np.ndarray
+    algorithm: str
+    version: str
+    family: str = "MorphologicalOperations"
+
+
+@dataclass
 class DicomInputs:
     """What :func:`build_objects` needs beyond the report dict (all in memory)."""
 
@@ -112,7 +124,7 @@ class DicomInputs:
     model_name: str
     model_version: str
     model_sha256: str
-    nodule_masks: list[Any] = field(default_factory=list)   # nodules.CandidateMask, in rank order
+    segments: list[Segment] = field(default_factory=list)   # the masks of seg.dcm, one per lesion type
     overlay: np.ndarray | None = None                        # RGB uint8 of the displayed plane
     overlay_slice: int = 0                                    # which slice the overlay shows (volumes)
 
@@ -203,7 +215,7 @@ def _nodule_group(finding: dict[str, Any], inputs: DicomInputs, seg: Dataset):
     s0, s1 = finding["bbox"]["slice_min"], finding["bbox"]["slice_max"]
     sources = [hd.sr.SourceImageForSegmentation(*inputs.sources.ref(k)) for k in range(s0, s1)]
     segment = hd.sr.ReferencedSegment(sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
-                                      segment_number=NODULE_SEGMENT, source_images=sources)
+                                      segment_number=segment_number(inputs, "nodule candidate"), source_images=sources)
     measurements = [_measurement("diameter", finding["diameter_mm"], "mm"),
                     _measurement("long_axis", finding["long_axis_mm"], "mm"),
                     _measurement("short_axis", finding["short_axis_mm"], "mm"),
@@ -223,7 +235,7 @@ def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
     groups = []
     for finding in report["findings"]:
         if finding.get("kind") == "nodule candidate":
-            if seg is not None:
+            if seg is not None and segment_number(inputs, "nodule candidate"):
                 groups.append(_nodule_group(finding, inputs, seg))
         else:
             groups.append(_model_group(finding, inputs))
@@ -261,33 +273,50 @@ def nodule_label_volume(masks: Sequence[Any], shape: tuple[int, ...]) -> np.ndar
     return volume
 
 
-def build_seg(inputs: DicomInputs):
-    """The binary SEG of the nodule candidates on the source series (one frame per source slice
-    that holds a candidate; highdicom takes each frame's plane position from its source slice)."""
+def segment_number(inputs: DicomInputs, label: str) -> int | None:
+    """The number (1..) of the segment of lesion type ``label`` in seg.dcm, None when absent."""
+    labels = [segment.label for segment in inputs.segments]
+    return labels.index(label) + 1 if label in labels else None
+
+
+def _description(number: int, segment: Segment):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    description = hd.seg.SegmentDescription(
-        segment_number=NODULE_SEGMENT, segment_label="nodule candidate",
-        segmented_property_category=concept("segment_category"), segmented_property_type=finding_code("nodule candidate"),
+    site = finding_site(segment.label)
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=segment.label,
+        segmented_property_category=concept("segment_category"), segmented_property_type=finding_code(segment.label),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=NODULE_ALGORITHM, family=codes.cid7162.MorphologicalOperations, version=__version__),
-        anatomic_regions=[finding_site("nodule candidate")], tracking_id="nodule candidates",
-        tracking_uid=generate_uid())
-    volume = nodule_label_volume(inputs.nodule_masks, inputs.shape)
-    headers = [inputs.sources.header(k) for k in range(inputs.shape[0])]
-    pixels = volume.astype(np.uint8)
-    if inputs.sources.multiframe:
-        headers = [inputs.sources.headers[0]]
+            name=segment.algorithm, family=getattr(codes.cid7162, segment.family), version=segment.version),
+        anatomic_regions=[site] if site else None, tracking_id=f"{segment.label} (all)", tracking_uid=generate_uid())
+
+
+def build_seg(inputs: DicomInputs):
+    """The binary SEG of every mask on the source images, one segment per lesion type.
+
+    For a series, frame ``k`` of the masks is the source slice ``k`` (highdicom takes each frame's
+    plane position and frame of reference from it); empty frames are left out.
+    """
+    import highdicom as hd
+
+    stack = np.stack([np.asarray(segment.mask, dtype=bool) for segment in inputs.segments], axis=-1)
+    if stack.ndim == 3:  # 2D masks of a single-frame image: one frame
+        stack = stack[None]
+    headers = [inputs.sources.headers[0]] if inputs.sources.multiframe or len(inputs.shape) == 2 else \
+        [inputs.sources.header(k) for k in range(inputs.shape[0])]
     return hd.seg.Segmentation(
-        source_images=headers, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description], series_instance_uid=generate_uid(),
-        series_number=SERIES_NUMBERS["seg.dcm"], sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer=MANUFACTURER, manufacturer_model_name="secondread", software_versions=__version__,
+        source_images=headers, pixel_array=stack.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_description(k, seg) for k, seg in enumerate(inputs.segments, start=1)],
+        series_instance_uid=generate_uid(), series_number=SERIES_NUMBERS["seg.dcm"],
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        manufacturer_model_name="secondread", software_versions=__version__,
         device_serial_number=inputs.model_sha256[:16] or "none",
         series_description="secondread masks (decision support, not a diagnosis)",
-        content_label="SECONDREAD", content_description="nodule candidates", omit_empty_frames=True)
+        content_label="SECONDREAD", content_description=", ".join(seg.label for seg in inputs.segments)[:64],
+        omit_empty_frames=True)
 
 
 # ----------------------------------------------------------------------------- SC
@@ -374,7 +403,7 @@ def build_objects(report: dict[str, Any], inputs: DicomInputs, source: str | Non
 def _build_all(report: dict[str, Any], inputs: DicomInputs) -> tuple[dict[str, Dataset], list[str]]:
     objects: dict[str, Dataset] = {}
     notes: list[str] = []
-    seg = build_seg(inputs) if inputs.nodule_masks else None
+    seg = build_seg(inputs) if inputs.segments else None
     if seg is not None:
         objects["seg.dcm"] = seg
     objects["sr.dcm"] = build_sr(report, inputs, seg)
