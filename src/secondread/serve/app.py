@@ -382,7 +382,7 @@ def pacs_input(files: list[Path]) -> Path:
         raise SecondreadError(None, "the study holds no image this service can analyse")
     def size(item) -> int:
         return sum(1 for _ in item.path.iterdir()) if item.path.is_dir() else 1
-    return max(items, key=lambda item: (item.volume, size(item))).path
+    return max(items, key=lambda item: (item.path.is_dir(), size(item))).path
 
 
 def _add_pacs_routes(app: FastAPI, service: Service, authorised) -> None:
