@@ -8,7 +8,6 @@ server's own ``$TMPDIR`` (empty after every request) and on its working director
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -154,12 +153,10 @@ def post(client, files, headers=None, **kw):
     return client.post("/v1/analyze", files=files, headers=auth() if headers is None else headers, **kw)
 
 
-def local_report(path: Path, bundle_name: str, out: Path, record=None) -> dict:
-    """The reference: the project's own analyze_image, in this process: choosing the model itself
-    when it can (as the service does without --model), else with the bundle the service used."""
-    auto = inspect.signature(analyze_image).parameters["bundle"].default is None
-    bundle = None if auto else load_bundle(bundle_name)
-    return json.loads(json.dumps(analyze_image(path, out, bundle, record), default=float))
+def local_report(path: Path, out: Path, record=None) -> dict:
+    """The reference: the project's own analyze_image, in this process, choosing the model itself
+    (as the service does without --model)."""
+    return json.loads(json.dumps(analyze_image(path, out, None, record), default=float))
 
 
 def assert_downloads(client, served: dict) -> None:
@@ -277,7 +274,7 @@ def test_chest_xray_png_with_note(client, xray, tmp_path):
     assert response.status_code == 200, response.text
     served = response.json()
     assert served["model"]["name"] == "pneumonia"
-    assert_same_report(served, local_report(xray, "pneumonia", tmp_path / "out", load_record(note, None)))
+    assert_same_report(served, local_report(xray, tmp_path / "out", load_record(note, None)))
     assert served["record"]["facts"] and served["disclaimer"]
 
 
@@ -287,12 +284,12 @@ def test_dicom_samples(client, data_root, tmp_path, name):
     response = post(client, [("files", (name, path.read_bytes(), "application/dicom"))])
     if response.status_code == 422:  # the project refuses this image (e.g. no model for it): so must we
         with pytest.raises(SecondreadError) as refused:
-            local_report(path, "pneumonia", tmp_path / "out")
+            local_report(path, tmp_path / "out")
         assert refused.value.problem in response.json()["detail"]
         return
     assert response.status_code == 200, response.text
     served = response.json()
-    assert_same_report(served, local_report(path, served["model"]["name"], tmp_path / "out"))
+    assert_same_report(served, local_report(path, tmp_path / "out"))
     assert_downloads(client, served)
     text = response.text
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -322,7 +319,7 @@ def test_lidc_series_as_zip(client, data_root, lidc_served, tmp_path):
     assert response.status_code == 200, response.text
     served = response.json()
     assert served["input"]["shape"][0] == len(list((data_root / LIDC).iterdir()))
-    assert_same_report(served, local_report(data_root / LIDC, served["model"]["name"], tmp_path / "out"))
+    assert_same_report(served, local_report(data_root / LIDC, tmp_path / "out"))
     assert_downloads(client, served)
     assert max(busy) >= 1, "/healthz did not answer while the analysis ran"
 
@@ -338,7 +335,7 @@ def test_several_dicom_files_are_one_series(client, data_root, tmp_path):
     assert response.status_code == 200, response.text
     served = response.json()
     assert served["input"]["shape"][0] == 12
-    local = local_report(folder, served["model"]["name"], tmp_path / "out")
+    local = local_report(folder, tmp_path / "out")
     assert served["findings"] == local["findings"] and served["suggestion"] == local["suggestion"]
 
 
@@ -531,7 +528,7 @@ def test_pacs_study_listed_and_analysed(tmp_path, data_root):
             response = c.post(f"/v1/pacs/studies/{uid}/analyze", params={"view": "true"}, headers=auth())
             assert response.status_code == 200, response.text
             served = response.json()
-            local = local_report(sample, served["model"]["name"], tmp_path / "out")
+            local = local_report(sample, tmp_path / "out")
             assert served["findings"] == local["findings"] and served["suggestion"] == local["suggestion"]
             assert served["view"]["slices"] == 1
             missing = c.post("/v1/pacs/studies/1.2.3.4.5/analyze", headers=auth())

@@ -116,15 +116,15 @@ def test_chest_xray(page, server, data_root, tmp_path):
     page.uncheck("#show-heat")
     page.wait_for_function("!document.querySelector('#heat-img').hasAttribute('src')")
     # window/level by dragging changes the displayed pixels
-    before = slice_pixels(page)
+    before, window = slice_pixels(page), page.get_attribute("#stage", "data-window")
     box = page.locator("#stage").bounding_box()
     page.mouse.move(box["x"] + 100, box["y"] + 100)
     page.mouse.down()
     page.mouse.move(box["x"] + 40, box["y"] + 160, steps=5)
     page.mouse.up()
-    page.wait_for_function(f"document.querySelector('#stage').dataset.window !== '{page.get_attribute('#stage', 'data-window')}'"
-                           " || true")
-    page.wait_for_timeout(500)
+    # data-window is set once the slice rendered with the new window has been shown
+    page.wait_for_function(f"document.querySelector('#stage').dataset.window !== '{window}'")
+    page.wait_for_function("!document.querySelector('#stage').dataset.pending")
     assert not np.array_equal(before, slice_pixels(page))
 
 

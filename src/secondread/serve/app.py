@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 import json
 import logging
 import queue
@@ -58,11 +57,6 @@ ANALYZE_BODY = {
             "fhir": {"type": "string", "format": "binary", "description": "FHIR R4 Bundle (JSON)"},
         }}}},
 }
-
-# Which shipped bundle reads which study, until ``analyze`` picks by itself: by dimensions, then modality.
-MODALITY_BUNDLE = {"MR": "brain-mri-tumour", "US": "breast-us-28", "MG": "mammo-abnormal"}
-VOLUME_BUNDLE, DEFAULT_BUNDLE = "adrenal-ct-3d", "pneumonia"
-
 
 class BundlePool:
     """Loaded bundles, one copy per worker: Grad-CAM hooks into a network, so two threads must not
@@ -115,23 +109,6 @@ def remember_last(prepare):
     return cached
 
 
-def pick_bundle(path: Path, forced: str | None) -> str:
-    """The bundle for a study: the operator's ``--model``, else by what the study is."""
-    if forced:
-        return forced
-    if path.is_dir():
-        return VOLUME_BUNDLE
-    from ..io import is_dicom
-    if is_dicom(path):
-        import pydicom
-        try:
-            modality = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("Modality", ""))
-        except Exception:  # noqa: BLE001 - unreadable header: the loader says why, with the default model
-            modality = ""
-        return MODALITY_BUNDLE.get(modality.upper(), DEFAULT_BUNDLE)
-    return DEFAULT_BUNDLE
-
-
 def client_message(exc: SecondreadError, folder: Path, label: str) -> str:
     """The error line with the request folder replaced by the client's names (no server paths)."""
     if exc.path is None:
@@ -167,11 +144,6 @@ def shipped_models() -> list[dict[str, Any]]:
     return out
 
 
-def _analyze_accepts_none() -> bool:
-    from ..analyze import analyze_image
-    return inspect.signature(analyze_image).parameters["bundle"].default is None
-
-
 class Service:
     """The state behind the routes: settings, bundles, the analysis limiter and the memory caches
     (views for the viewer, DICOM outputs for download)."""
@@ -190,10 +162,7 @@ class Service:
         DICOM outputs kept in memory for download."""
         from ..records.merge import load_record
         record = load_record(notes, fhir)
-        try:
-            from ..analyze import analyze_loaded, load_study
-        except ImportError:  # before analyze learnt to read a study once and choose its model
-            return self._analyse_legacy(path, out_dir, record, with_view)
+        from ..analyze import analyze_loaded, load_study
         study = load_study(path)
         name, chosen = self._choose(study.image)
         with self.bundles.borrow(name) as bundle:
@@ -213,15 +182,6 @@ class Service:
         from ..models.choose import choose_bundle
         choice = choose_bundle(image)
         return choice.name, choice.to_dict()
-
-    def _analyse_legacy(self, path: Path, out_dir: Path, record, with_view: bool) -> dict[str, Any]:
-        from ..analyze import analyze_image
-        from ..io import load_image
-        with self.bundles.borrow(pick_bundle(path, self.settings.model)) as bundle:
-            report = analyze_image(path, out_dir, bundle, record)
-            if with_view:
-                report["view"] = self._make_view(load_image(path), bundle, report)
-        return report
 
     def _make_view(self, image, bundle, report: dict) -> dict[str, Any]:
         view = make_view(image, bundle, report)

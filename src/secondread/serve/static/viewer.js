@@ -223,6 +223,7 @@ function render() {
 
 async function fetchWanted() {
   state.busy = true;
+  $("stage").dataset.pending = "1";  // for tests and scripts: a newer slice is on its way
   try {
     while (state.wanted) {
       const w = state.wanted;
@@ -239,6 +240,7 @@ async function fetchWanted() {
     setStatus(error.status === 404 ? "This view has expired: analyse the study again." : error.message, true);
   } finally {
     state.busy = false;
+    delete $("stage").dataset.pending;
   }
 }
 
