@@ -349,9 +349,12 @@ def test_view_routes_serve_windowed_slices(client, lidc_served):
     assert a.shape == b.shape == (view["rows"], view["cols"]) and not np.array_equal(a, b)
     # soft-tissue window: air and lung (< -160 HU) are black; the lung window shows lung grey
     assert (a == 0).mean() > (b == 0).mean()
-    for layer in ("heatmap", "contour"):
-        png = client.get(f"{base}/{layer}/{z}.png", headers=auth())
-        assert png.status_code == 200 and np.asarray(PILImage.open(io.BytesIO(png.content))).shape[-1] == 4
+    # a whole CT has no classifier map; its contour layer outlines the nodule candidates' masks
+    assert not view["heatmap"] and view["mask"] and view["boxes"]
+    assert client.get(f"{base}/heatmap/{z}.png", headers=auth()).status_code == 404
+    png = client.get(f"{base}/contour/{z}.png", headers=auth())
+    outline = np.asarray(PILImage.open(io.BytesIO(png.content)))
+    assert png.status_code == 200 and outline.shape[-1] == 4 and outline[..., 3].any()
     assert client.get(f"{base}/slice/{view['slices']}.png", headers=auth()).status_code == 404
     assert client.get("/v1/views/not-a-view", headers=auth()).status_code == 404
     assert client.get(f"{base}/slice/{z}.png").status_code == 401

@@ -357,6 +357,16 @@ def _read_record(record, finding_label: str, study: LoadedStudy) -> dict[str, An
     return record
 
 
+def _union(found: list, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Every candidate's mask in one boolean volume (None without candidates)."""
+    if not found:
+        return None
+    out = np.zeros(shape, dtype=bool)
+    for _, mask in found:
+        mask.paste(out)
+    return out
+
+
 def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, record, llm) -> tuple[dict, dict, dict]:
     """Report, pictures and DICOM datasets of a CT volume that no classifier reads: its findings
     are the lung-nodule candidates, its suggestion :func:`suggest.suggest_nodules`."""
@@ -370,7 +380,8 @@ def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, 
     record = _read_record(record, "lung nodule", study)
     findings = [nodule_finding(c, image) for c, _ in found]
     suggestion = suggest_nodules(findings, record["facts"] if record else None)
-    summary_findings = [{"label": "lung nodule candidate", "positive": suggestion["suggested"], "count": len(findings)}]
+    summary_findings = [{"label": "lung nodule candidates of at least 6 mm", "positive": suggestion["suggested"],
+                         "count": len(findings)}]
     suggestion["summary"] = summarise(record, summary_findings, llm).to_dict()
     z = findings[0]["axial_slice"] if findings else image.shape[0] // 2
     pictures = {"image.png": display_uint8(image.pixels[z])}
@@ -399,6 +410,7 @@ class Analysis:
     pictures: dict[str, np.ndarray]
     datasets: dict[str, Any]
     finding: Finding | None = None
+    masks: np.ndarray | None = None   # boolean, the image's shape: every nodule candidate's voxels (for viewers)
 
 
 def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str = "gradcam") -> Analysis:
@@ -424,7 +436,8 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
 
         choice = choose_bundle(image)
         if choice.name is None:
-            return Analysis(*_nodules_only(study, choice, *lung_nodules(image), record, llm))
+            found, skipped = lung_nodules(image)
+            return Analysis(*_nodules_only(study, choice, found, skipped, record, llm), None, _union(found, image.shape))
         bundle = _shipped_bundle(choice.name)
     record = _read_record(record, bundle.finding, study)
     with _model_lock(bundle):
@@ -454,7 +467,7 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
         datasets, report["dicom"] = build_objects(report, inputs, source=Path(image.source).name)
     elif study.dicom_note:
         report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
-    return Analysis(report, pictures, datasets, finding)
+    return Analysis(report, pictures, datasets, finding, _union(found, image.shape))
 
 
 def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,

@@ -17,6 +17,8 @@ in one temporary folder that is removed in a ``finally``.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import hmac
 import json
@@ -160,21 +162,24 @@ class Service:
                 with_view: bool) -> dict[str, Any]:
         """Worker-thread body: the project's analysis of the saved study, plus the view and the
         DICOM outputs kept in memory for download."""
-        from ..records.merge import load_record
-        record = load_record(notes, fhir)
-        from ..analyze import analyze_loaded, load_study
+        from ..analyze import compose, load_study
+        from ..records.merge import RecordSource
+        from ..report import write_report
+        record = RecordSource(notes, fhir)  # read by analyze with the model's body area and the study date
         study = load_study(path)
         name, chosen = self._choose(study.image)
-        with self.bundles.borrow(name) as bundle:
-            report = analyze_loaded(study, out_dir, bundle, record)
-            if chosen is not None:  # what analyze_image says when it chooses by itself
+        with self.bundles.borrow(name) if name is not None else contextlib.nullcontext() as bundle:
+            result = compose(study, bundle, record)  # bundle None: a CT volume, the lung-nodule search alone
+            report = result.report
+            write_report(report, out_dir, result.pictures, result.datasets)
+            if chosen is not None and name is not None:  # what analyze_image says when it chooses by itself
                 report["model"]["chosen"] = chosen
             if with_view:
-                report["view"] = self._make_view(study.image, bundle, report)
+                report["view"] = self._make_view(study.image, bundle, report, result.masks)
         self._keep_dicom(report, out_dir)
         return report
 
-    def _choose(self, image) -> tuple[str, dict | None]:
+    def _choose(self, image) -> tuple[str | None, dict | None]:
         """The operator's ``--model``, else the project's choice for this image (we hold our own
         bundle copies: a bundle explaining in two threads at once would mix their Grad-CAM hooks)."""
         if self.settings.model:
@@ -183,8 +188,8 @@ class Service:
         choice = choose_bundle(image)
         return choice.name, choice.to_dict()
 
-    def _make_view(self, image, bundle, report: dict) -> dict[str, Any]:
-        view = make_view(image, bundle, report)
+    def _make_view(self, image, bundle, report: dict, masks=None) -> dict[str, Any]:
+        view = make_view(image, bundle, report, masks)
         return {"id": self.views.add(view), **view.info}
 
     def _keep_dicom(self, report: dict, out_dir: Path) -> None:

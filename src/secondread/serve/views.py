@@ -115,8 +115,10 @@ def start_slice(report: dict[str, Any], slices: int) -> int:
     return int(region.get("peak", {}).get("z", slices // 2))
 
 
-def make_view(image, bundle, report: dict[str, Any]) -> View:
-    """Build a View from the loaded image, the bundle that read it and its report."""
+def make_view(image, bundle, report: dict[str, Any], masks: np.ndarray | None = None) -> View:
+    """Build a View from the loaded image, the bundle that read it (None: no classifier), its
+    report and the lesion masks the analysis made (nodule candidates), whose outlines the contour
+    layer shows when the report has no map region."""
     volume = np.asarray(image.pixels if image.pixels.ndim == 3 else image.pixels[None], dtype=np.float32)
     small, step = _reduce(volume)
     pixels, scale, offset = _to_int16(small)
@@ -131,6 +133,8 @@ def make_view(image, bundle, report: dict[str, Any]) -> View:
         else:
             heat = viewer_heat(image, bundle, small.shape[1:])[None]
         mask = region_mask(heat, region)
+    elif masks is not None:
+        mask = (masks if masks.ndim == 3 else masks[None])[:, ::step, ::step]
     boxes = report_boxes(report, step)
     meta = image.metadata or {}
     window = default_window(small, meta.get("window") if image.pixels.ndim == 3 else None)
