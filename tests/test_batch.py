@@ -204,3 +204,27 @@ def test_auto_model_reads_a_ct_series_with_the_nodule_search_and_writes_dicom(da
     assert {p.name for p in (out / ct["report"]).glob("*.dcm")} == {"sr.dcm", "seg.dcm"}
     assert cr["model_used"] == "pneumonia" and 0 <= cr["probability"] <= 1
     assert (out / cr["report"] / "sr.dcm").is_file()
+
+
+def test_batch_summaries_from_a_language_model_in_pool_workers(data_root, tmp_path):
+    """``--llm-url``: every study's summary is asked of the (scripted, loopback) server, also from
+    forked pool workers; an answer the guardrail passes is used, word for word."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_server import ScriptedChatServer
+
+    from secondread.records.llm import LLMConfig
+
+    folder = tmp_path / "in"
+    write_pngs(data_root, folder, n=4)
+    answer = "The image model gives its calibrated probability for pneumonia. Decision support, not a diagnosis."
+    with ScriptedChatServer() as server:
+        server.reply(content=answer)
+        run_batch(folder, tmp_path / "out", workers=2, progress=False, llm=LLMConfig(url=server.url, model="t"))
+        asked = len(server.requests)
+    rows = rows_of(tmp_path / "out")
+    assert asked == len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    summaries = [json.loads((tmp_path / "out" / r["report"] / "report.json").read_text())["suggestion"]["summary"]
+                 for r in rows]
+    assert all(s["source"] == "llm" and s["text"] == answer for s in summaries), summaries

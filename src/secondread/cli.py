@@ -42,10 +42,27 @@ def _report_dirs(images: list[str], out: Path) -> list[Path]:
     return dirs
 
 
+def _llm_config(args: argparse.Namespace):
+    """The optional language-model server of ``--llm-url``/``--llm-model`` (None when not asked)."""
+    from .records.llm import LLMConfig
+
+    if not (args.llm_url or args.llm_model):
+        return None
+    if not (args.llm_url and args.llm_model):
+        raise SecondreadError(None, "--llm-url and --llm-model go together")
+    return LLMConfig(url=args.llm_url, model=args.llm_model, timeout=args.llm_timeout)
+
+
+def _add_llm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm-url", metavar="URL", help="optional OpenAI-compatible server on this machine "
+                        "(e.g. http://127.0.0.1:8080) to write the summary; off by default")
+    parser.add_argument("--llm-model", metavar="NAME", help="the model name that server expects")
+    parser.add_argument("--llm-timeout", type=float, default=30.0, metavar="S", help="seconds before falling back")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze_image
     from .models.bundle import load_bundle
-    from .records.llm import LLMConfig
     from .records.merge import RecordSource
     from .suggest import record_area
 
@@ -53,11 +70,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     record = RecordSource(args.notes, args.record)
     if record:  # a bad note or FHIR file fails once, here; each image reads it again with its study date
         record.load(area=record_area(bundle.finding) if bundle is not None else "chest")
-    llm = None
-    if args.llm_url or args.llm_model:
-        if not (args.llm_url and args.llm_model):
-            raise SecondreadError(None, "--llm-url and --llm-model go together")
-        llm = LLMConfig(url=args.llm_url, model=args.llm_model, timeout=args.llm_timeout)
+    llm = _llm_config(args)
     failed = 0
     for path, out_dir in zip(args.images, _report_dirs(args.images, Path(args.out))):
         try:
@@ -141,7 +154,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     ray_address = None if args.ray is None else (args.ray or "local")
     summary = run_batch(args.input, args.out, models=args.model or ["pneumonia"], workers=args.workers,
-                        retry_failed=args.retry_failed, ray_address=ray_address, progress=not args.quiet)
+                        retry_failed=args.retry_failed, ray_address=ray_address, progress=not args.quiet,
+                        llm=_llm_config(args))
     print(format_summary(summary))
     return summary.exit_code
 
@@ -281,10 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("images", nargs="+", metavar="IMAGE")
     a.add_argument("--notes", metavar="NOTE.txt", help="the patient's free-text note")
     a.add_argument("--record", metavar="FHIR.json", help="the patient's FHIR R4 bundle (merged with the note)")
-    a.add_argument("--llm-url", metavar="URL", help="optional OpenAI-compatible server on this machine "
-                   "(e.g. http://127.0.0.1:8080) to write the summary; off by default")
-    a.add_argument("--llm-model", metavar="NAME", help="the model name that server expects")
-    a.add_argument("--llm-timeout", type=float, default=30.0, metavar="S", help="seconds before falling back")
+    _add_llm_options(a)
     a.add_argument("--model", default="auto", help="bundle path or shipped name; 'auto' (default) chooses per "
                    "image from its modality and dimensionality, and a CT volume gets the lung-nodule search")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
@@ -339,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray: a cluster address, or none to start a local instance")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_llm_options(b)
     b.set_defaults(func=cmd_batch)
 
     lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")

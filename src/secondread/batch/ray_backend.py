@@ -29,12 +29,13 @@ PREFETCH = 2
 class StudyActor:
     """Holds the bundles once; analyses one study per call (turned into a Ray actor at run time)."""
 
-    def __init__(self, models: Sequence[str]):
+    def __init__(self, models: Sequence[str], llm=None):
         import torch
 
         from .runner import _load_bundles
 
         torch.set_num_threads(1)
+        work.LLM = llm
         self.bundles = _load_bundles(models)
         self.scratch = tempfile.gettempdir()  # each study renders into its own folder, removed after
 
@@ -64,7 +65,7 @@ def _init(address: str | None, workers: int) -> bool:
 
 
 def run_ray(studies: Sequence[Study], models: Sequence[str], bundles: dict, address: str | None,
-            workers: int) -> Iterator[tuple[Study, list]]:
+            workers: int, llm=None) -> Iterator[tuple[Study, list]]:
     """Analyse ``studies`` on ``workers`` Ray actors; yield each study's outcomes as it ends."""
     if not studies:
         return
@@ -72,7 +73,7 @@ def run_ray(studies: Sequence[Study], models: Sequence[str], bundles: dict, addr
     import ray
 
     actor_cls = ray.remote(num_cpus=1, max_restarts=-1)(StudyActor)
-    actors = [actor_cls.remote(list(models)) for _ in range(workers)]
+    actors = [actor_cls.remote(list(models), llm) for _ in range(workers)]
     pending = deque(studies)
     inflight: dict[Any, tuple[int, Study]] = {}
     load = [0] * workers

@@ -252,7 +252,7 @@ def _clean_staging(out: Path) -> None:
 
 def run_batch(input: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = ("pneumonia",),
               workers: int = 1, retry_failed: bool = False, ray_address: str | None = None,
-              progress: bool = True) -> Summary:
+              progress: bool = True, llm=None) -> Summary:
     """Analyse every study of ``input`` into ``out``, exactly once across interrupted runs.
 
     Parameters
@@ -271,6 +271,9 @@ def run_batch(input: str | os.PathLike, out: str | os.PathLike, models: Sequence
         Run on Ray (``"local"`` starts a local Ray instance) instead of the local pool.
     progress : bool
         A tqdm bar (studies/s, ETA) on stderr.
+    llm : records.llm.LLMConfig, optional
+        A local OpenAI-compatible server for the summaries (guarded as in ``analyze``); None: the
+        deterministic summary.
 
     Raises
     ------
@@ -285,6 +288,7 @@ def run_batch(input: str | os.PathLike, out: str | os.PathLike, models: Sequence
         raise SecondreadError(out, f"cannot create the output folder ({exc.strerror})") from None
     lock = BatchLock(out)
     try:
+        work.LLM = llm  # before any worker starts: forked workers inherit it
         return _run_locked(input, out, list(models), workers, retry_failed, ray_address, progress, lock)
     finally:
         lock.release()
@@ -313,7 +317,7 @@ def _run_locked(input, out: Path, models: list[str], workers: int, retry_failed:
             if ray_address:
                 from .ray_backend import run_ray
 
-                results = run_ray(todo, models, bundles, ray_address, max(1, workers))
+                results = run_ray(todo, models, bundles, ray_address, max(1, workers), work.LLM)
             elif workers == 0:
                 results = run_in_process(todo, bundles, scratch, out)
             else:

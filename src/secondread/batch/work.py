@@ -35,6 +35,11 @@ from .discover import Study
 
 STAGES = ("load", "record", "infer", "explain", "report", "write")
 
+# The optional language model for the summaries (``records.llm.LLMConfig``), set by the runner
+# before its workers start (forked pool workers inherit it; a Ray actor sets it itself). None: the
+# deterministic summary.
+LLM = None
+
 # Test seam: called with each study in the worker before it is analysed (the fault tests make it
 # call os._exit to kill a worker mid-study). None in normal use.
 BEFORE_STUDY: Callable[[Study], None] | None = None
@@ -256,7 +261,7 @@ def _values(result: "analyze.Analysis", bundle) -> dict[str, Any]:
 def _analyse_one(study: Study, loaded, bundle, record, times: dict, scratch: Path, out: Path | None):
     timed = None if isinstance(bundle, _Auto) else _Timed(bundle)
     t = time.perf_counter()
-    result = analyze.compose(loaded, timed, record, None)  # llm None: the deterministic summary
+    result = analyze.compose(loaded, timed, record, LLM)
     infer = timed.seconds if timed is not None else 0.0
     times["infer"], times["explain"] = infer, time.perf_counter() - t - infer
     values = _values(result, bundle)
