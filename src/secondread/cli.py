@@ -174,10 +174,14 @@ def _data_root_of(path: str) -> str:
 def cmd_localise(args: argparse.Namespace) -> int:
     from .localise import localise_dataset
 
-    if args.model not in LOCALISERS:
-        raise SecondreadError(None, f"no localisation for model {args.model!r} yet (known: {', '.join(LOCALISERS)})")
-    result = localise_dataset(_data_root_of(args.data), split=args.split, predictions=args.predictions,
-                              top_k=args.top_k)
+    if args.model in LOCALISERS:
+        result = localise_dataset(_data_root_of(args.data), split=args.split, predictions=args.predictions,
+                                  top_k=args.top_k)
+    else:  # a classifier bundle: the regions of its explanation map, scored against the experts
+        from .maps import localise_with_map
+
+        result = localise_with_map(args.model, args.data, split=args.split, predictions=args.predictions,
+                                   top_k=args.top_k)
     _print_result(result, args.json, ("summary", "seconds"))
     return 0
 
@@ -354,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_batch)
 
     lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")
-    lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)})")
+    lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)}) or a classifier bundle "
+                    "(brain-mri-tumour, mammo-abnormal: regions of its Grad-CAM map)")
     lo.add_argument("--data", required=True, metavar="PATH", help="data root or the mini-MIAS folder")
     lo.add_argument("--split", default="all", help="all, train, val or fold<k> (per-woman splits)")
     lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
