@@ -63,14 +63,14 @@ SEED = 2024
 THREADS = 2
 INPUT = 128
 """The network's input side: LGG slices are 256 px; half resolution keeps CPU training under 15 min."""
-ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16, 32, 64, 128],
+ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
              "strides": [2, 2, 2, 2], "num_res_units": 1}
-EPOCHS = 20
+EPOCHS = 30
 BATCH = 8
 LR = 2e-3
 INFER_BATCH = 32
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_REGIONS = (0, 4, 8, 16, 32, 64)
+MIN_REGIONS = (0, 8, 16, 32, 64, 128, 256)
 """Candidate smallest-region sizes, in pixels of the ``INPUT`` grid (x4 at 256 px)."""
 BOOTSTRAP_RESAMPLES = 2000
 FLAIR_CHANNEL = 1
@@ -615,6 +615,8 @@ def segment_dataset(model: str | os.PathLike, data: str | os.PathLike, split: st
     out = None if masks_out is None else Path(masks_out)
     if out is not None and out.exists() and not out.is_dir():
         raise SecondreadError(out, "--masks-out must be a folder")
+    if out is not None and root.is_dir() and out.resolve() == root.resolve():
+        raise SecondreadError(out, "--masks-out must not be the data folder (masks would replace the images)")
     if root.is_file():
         items = [(root, Path(root.name))]
     else:
