@@ -906,7 +906,8 @@ def _card_facts() -> dict[str, Any]:
             "licence": "CC BY-NC-SA 4.0 (dataset, per its Kaggle page); TCIA data usage policy",
             "citation": "M. Buda, A. Saha, M. A. Mazurowski, Computers in Biology and Medicine 109 (2019) 218-225.",
             "limits": ["Trained on 29 patients from 5 TCGA institutions; FLAIR only, 256 px axial slices.",
-                       "Runs at 128 px: outlines are smoothed and lesions under ~16 px at 256 px are unreliable.",
+                       "Runs at 128 px: outlines are smoothed; regions smaller than the chosen speck size are "
+                       "dropped, so the smallest lesions (first and last tumour slices) are missed.",
                        "Validation figures chose the epoch, threshold and speck size: optimistic; the test "
                        "patients are withheld.",
                        "Raster slices carry no spacing: areas and diameters are in pixels unless the input is "
@@ -927,7 +928,8 @@ def model_card(config: dict[str, Any]) -> str:
              f"Created {config.get('created', '?')}. Task: **segmentation** of {config.get('finding', '?')}. "
              f"Architecture MONAI `UNet` {json.dumps(config['arch_args'])}, input {config['input_shape']} px; "
              f"the probability map is resized to the slice's size, cut at {config['threshold']} and regions "
-             f"smaller than {config['min_region_px']} px of the input grid are dropped (both chosen on val).", "",
+             f"smaller than {config['min_region_px']} px of the input grid ({_scaled_px(config['min_region_px'], "
+             f"(256, 256), config['input_shape'])} px of a 256 px slice) are dropped (both chosen on val).", "",
              "## Intended use", "", card.get("intended_use", "Research decision support; not a diagnosis."), "",
              "## Data", "", card.get("data", "?"), "",
              f"Training: {t.get('n_train', '?')} slices ({t.get('n_train_tumour', '?')} with tumour) of the train "
@@ -943,8 +945,13 @@ def model_card(config: dict[str, Any]) -> str:
                   f"{m.get('empty_images')} slices",
                   f"- Per-patient 3D Dice: {_fmt_ci(m, 'dice_patient_3d')} over {m.get('patients')} patients",
                   f"- Seconds per slice (CPU, inference + post-processing): {m.get('seconds_per_slice')}",
+                  f"- Issue 5 target (Dice >= 0.80 on slices with tumour): "
+                  f"{'met' if (m.get('dice_tumour') or 0) >= 0.80 else 'not met'} on val",
                   "", "Confidence intervals: percentile bootstrap over patients. Dice counts an empty prediction "
-                  "on a tumour slice as 0."]
+                  "on a tumour slice as 0.", "",
+                  f"Training time: {t.get('train_seconds', '?')} s wall, {t.get('train_cpu_seconds', '?')} s CPU, "
+                  f"on a 2-core machine shared with other jobs; best epoch "
+                  f"{config.get('selection', {}).get('best_epoch', '?')} of {t.get('epochs', '?')}."]
     lines += ["", "These are validation figures: the validation patients also chose the epoch, the threshold and "
               "the speck size, so they are optimistic; the test patients are withheld.", "",
               "## Limits", ""] + [f"- {item}" for item in card.get("limits", [])]
@@ -959,7 +966,7 @@ def _summary_lines(result: dict) -> list[str]:
     if s["scored_images"]:
         lines += [f"  Dice on tumour slices   {_fmt_ci(s, 'dice_tumour')}  (n={s['tumour_images']}, "
                   f"missed {s['missed_tumour_images']})",
-                  f"  HD95 on tumour slices   {_fmt_ci(s, 'hd95_tumour', 2)}",
+                  f"  HD95 on tumour slices   {_fmt_ci(s, 'hd95_tumour', 2)}  (px; mm where the spacing is known)",
                   f"  FP rate, empty slices   {_fmt_ci(s, 'fp_rate_empty')}  (n={s['empty_images']})",
                   f"  per-patient 3D Dice     {_fmt_ci(s, 'dice_patient_3d')}  ({s['patients']} patients)"]
     else:
