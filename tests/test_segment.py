@@ -172,7 +172,8 @@ def test_image_with_spacing_gives_mm(tiny_bundle, lgg_dir):
     assert mask3.shape == (2, 256, 256) and regions3[0]["volume_mm3"] == pytest.approx(mask3.sum() * 3 * 0.9 * 0.7)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_folder", "not_image", "classifier", "unknown", "bad_split"])
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "not_image", "classifier", "unknown", "bad_split",
+                                  "withheld_test", "masks_into_data"])
 def test_bad_input_is_one_line(case, tiny_bundle, small_data, tmp_path, capsys):
     model, data, extra = str(tiny_bundle), str(small_data), []
     if case == "missing":
@@ -192,7 +193,10 @@ def test_bad_input_is_one_line(case, tiny_bundle, small_data, tmp_path, capsys):
         (tmp_path / "flat").mkdir()
         shutil.copy(next(small_data.rglob("*_1_flair.png")), tmp_path / "flat" / "a.png")
         data, extra = str(tmp_path / "flat"), ["--split", "val"]
-    code, out, err = _run(capsys, "--model", model, "--data", data, "--masks-out", str(tmp_path / "m"), *extra)
+    elif case == "withheld_test":
+        extra = ["--split", "test"]  # a val patient only: nothing of the withheld test split here
+    masks_out = str(small_data if case == "masks_into_data" else tmp_path / "m")
+    code, out, err = _run(capsys, "--model", model, "--data", data, "--masks-out", masks_out, *extra)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("secondread: error: ") and "Traceback" not in err

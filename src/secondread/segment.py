@@ -628,6 +628,9 @@ def segment_dataset(model: str | os.PathLike, data: str | os.PathLike, split: st
     if split != "all" and not any(patient_of(rel) for _, rel in items):
         raise SecondreadError(root, f"--split {split} needs TCGA patient folders (like mri/lgg); use --split all")
     items = [(p, rel) for p, rel in items if keep_patient(patient_of(rel))]
+    if not items:
+        raise SecondreadError(root, f"no images of split {split!r} here"
+                                    + (" (the LGG test patients are withheld)" if split == "test" else ""))
     per_image, failed, masks = [], [], {}
     start = time.perf_counter()
     for path, rel in items:
@@ -924,12 +927,13 @@ def _fmt_ci(m: dict, key: str, digits: int = 3) -> str:
 def model_card(config: dict[str, Any]) -> str:
     """Markdown card written from the config itself, so the two cannot disagree."""
     card, m, t = config.get("card", {}), config.get("metrics", {}), config.get("training", {})
+    slice_px = _scaled_px(config["min_region_px"], (256, 256), config["input_shape"])
     lines = [f"# Model card: {config['name']} {config.get('version', '')}".rstrip(), "",
              f"Created {config.get('created', '?')}. Task: **segmentation** of {config.get('finding', '?')}. "
              f"Architecture MONAI `UNet` {json.dumps(config['arch_args'])}, input {config['input_shape']} px; "
              f"the probability map is resized to the slice's size, cut at {config['threshold']} and regions "
-             f"smaller than {config['min_region_px']} px of the input grid ({_scaled_px(config['min_region_px'], "
-             f"(256, 256), config['input_shape'])} px of a 256 px slice) are dropped (both chosen on val).", "",
+             f"smaller than {config['min_region_px']} px of the input grid ({slice_px} px of a 256 px slice) "
+             "are dropped (both chosen on val).", "",
              "## Intended use", "", card.get("intended_use", "Research decision support; not a diagnosis."), "",
              "## Data", "", card.get("data", "?"), "",
              f"Training: {t.get('n_train', '?')} slices ({t.get('n_train_tumour', '?')} with tumour) of the train "
