@@ -63,9 +63,9 @@ SEED = 2024
 THREADS = 2
 INPUT = 128
 """The network's input side: LGG slices are 256 px; half resolution keeps CPU training under 15 min."""
-ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
+ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16, 32, 64, 128],
              "strides": [2, 2, 2, 2], "num_res_units": 1}
-EPOCHS = 30
+EPOCHS = 20
 BATCH = 8
 LR = 2e-3
 INFER_BATCH = 32
