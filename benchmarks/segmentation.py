@@ -13,14 +13,14 @@ Rows (``seg_rows(data)`` returns them in the row format of ``benchmarks/localisa
 - **Otsu in the brain**: the obvious classical alternative with no training: brain = the image
   above Otsu's level (largest component, holes filled, eroded 5 px to drop the skull's rim), lesion
   = the brightest of three classes of :func:`skimage.filters.threshold_multiotsu` inside the brain,
-  and only on slices whose brightest class is far brighter than the brain's median (otherwise every
+  and only on slices whose brightest class starts above 1.2 x the brain's median (otherwise every
   slice would get a mask); specks dropped with the bundle's own size.
 
 Columns: Dice on slices with tumour (an empty prediction scores 0), per-patient 3D Dice, HD95 (px,
 both masks non-empty), false-positive rate on slices without tumour, seconds per slice (segment +
 post-process, one slice at a time, decoded pixels in; CPU). 95 % CIs: percentile bootstrap over
-patients. The validation patients chose the U-Net's epoch, threshold and speck size, so its figures are optimistic; the test patients
-are withheld.
+patients. The validation patients chose the U-Net's epoch, threshold and speck size, so its
+figures are optimistic; the test patients are withheld.
 """
 
 from __future__ import annotations
