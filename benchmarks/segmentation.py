@@ -92,7 +92,7 @@ def seg_rows(data: Path, split: str = "val", model: str = segment.NAME) -> list[
     samples = lgg.samples(data, split=split)
     for s in samples:  # read once, so both methods are timed on decoded pixels plus their own work
         s.image, s.lesions  # noqa: B018
-    unet = lambda px: segment.segment_image(segment.Image(px), bundle)[0]  # noqa: E731
+    unet = lambda px: segment.segment_image(segment.Image(px), bundle)[0]
     min_px = bundle.min_region_px((256, 256))
     rows = []
     for name, method in ((f"{bundle.name} (MONAI U-Net)", unet),

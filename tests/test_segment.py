@@ -101,7 +101,7 @@ def test_segment_command_writes_masks_where_the_images_are_and_scores_them(tiny_
         regions = per_image[rel]["regions"]
         assert sum(r["area_px"] for r in regions) == pred.sum()
     # per-patient 3D Dice, recomputed from the files
-    stack = lambda pat: np.stack([_png(masks / i.relative_to(small_data)) == 255 if pat == "p" else  # noqa: E731
+    stack = lambda pat: np.stack([_png(masks / i.relative_to(small_data)) == 255 if pat == "p" else
                                   _png(i.with_name(i.name.replace("_flair", "_mask"))) > 127 for i in images])
     p, t = stack("p"), stack("t")
     dice3d = 2 * (p & t).sum() / (p.sum() + t.sum())
@@ -118,7 +118,7 @@ def test_single_file_and_the_rgb_tif_layout(tiny_bundle, lgg_dir, tmp_path, caps
     tif.parent.mkdir()
     PILImage.fromarray(rgb, mode="RGB").save(tif)
     assert np.array_equal(segment.read_slice(tif).pixels, grey)  # the FLAIR channel, not the luminance
-    code, out, err = _run(capsys, "--model", str(tiny_bundle), "--data", str(tif), "--masks-out", str(tmp_path / "m"))
+    code, _, err = _run(capsys, "--model", str(tiny_bundle), "--data", str(tif), "--masks-out", str(tmp_path / "m"))
     assert code == 0, err
     assert _png(tmp_path / "m" / f"{VAL_PATIENT}_12.png").shape == grey.shape
 
@@ -196,7 +196,7 @@ def test_bad_input_is_one_line(case, tiny_bundle, small_data, tmp_path, capsys):
     elif case == "withheld_test":
         extra = ["--split", "test"]  # a val patient only: nothing of the withheld test split here
     masks_out = str(small_data if case == "masks_into_data" else tmp_path / "m")
-    code, out, err = _run(capsys, "--model", model, "--data", data, "--masks-out", masks_out, *extra)
+    code, _, err = _run(capsys, "--model", model, "--data", data, "--masks-out", masks_out, *extra)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("secondread: error: ") and "Traceback" not in err

@@ -45,9 +45,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -421,7 +422,7 @@ def summarise(per_image: list[dict], per_patient: dict[str, float] | None = None
     scored = [r for r in per_image if r.get("dice") is not None]
     tumour = [r for r in scored if r["tumour"]]
     empty = [r for r in scored if not r["tumour"]]
-    groups = lambda rows: [r["patient"] or r["id"] for r in rows]  # noqa: E731
+    groups = lambda rows: [r["patient"] or r["id"] for r in rows]
     dice_t = np.array([r["dice"] for r in tumour], dtype=float)
     fp = np.array([r["pred_pixels"] > 0 for r in empty], dtype=float)
     with_hd = [r for r in tumour if r["hd95"] is not None]
@@ -462,14 +463,14 @@ def _is_image(path: Path) -> bool:
 
 def find_images(folder: Path) -> list[Path]:
     """Every image file under ``folder`` except expert masks (``*_mask.*``), sorted naturally."""
-    key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.relative_to(folder).as_posix())]  # noqa: E731
+    key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.relative_to(folder).as_posix())]
     return sorted((p for p in folder.rglob("*") if _is_image(p)), key=key)
 
 
 def expert_mask_path(image_path: Path) -> Path | None:
     """The expert mask beside an image: ``X_flair.png`` -> ``X_mask.png``; ``X.tif`` -> ``X_mask.tif``."""
     name = image_path.name
-    stem, dot, ext = name.partition(".")
+    stem, _, ext = name.partition(".")
     candidates = [stem[:-len("_flair")] + "_mask" if stem.endswith("_flair") else stem + "_mask"]
     for c in candidates:
         for suffix in (f".{ext}", ".png", ".tif"):
@@ -580,7 +581,7 @@ def write_predictions(path: str | os.PathLike, per_image: list[dict]) -> Path:
     """CSV ``id,dice,hd95,patient,tumour,truth_pixels,pred_pixels,regions`` (blank = undefined)."""
     from .atomic import write_csv
 
-    fmt = lambda v, d: "" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(int(v)) if isinstance(v, bool) else str(v))  # noqa: E731
+    fmt = lambda v, d: "" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(int(v)) if isinstance(v, bool) else str(v))
     rows = ([r["id"], fmt(r["dice"], 4), fmt(r["hd95"], 3), r["patient"] or "", fmt(r["tumour"], 0),
              fmt(r["truth_pixels"], 0), r["pred_pixels"], len(r["regions"])] for r in per_image)
     return write_csv(path, CSV_HEADER, rows)
@@ -682,8 +683,13 @@ def _small_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
 
 def _augment(seed: int):
     """What MRI tolerates: small rotations/scales/shifts, left-right flips, intensity scale/shift."""
-    from monai.transforms import (Compose, RandAffined, RandFlipd, RandScaleIntensityd,
-                                  RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
 
     t = Compose([
         RandAffined(keys=("image", "mask"), prob=0.8, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1),
@@ -725,7 +731,6 @@ def fit(model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_
     """
     import torch
     from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
 
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     tumour = np.flatnonzero(train_y.reshape(len(train_y), -1).any(1))
