@@ -1,0 +1,209 @@
+"""Segmentation (issue 5): a tiny U-Net trained on real LGG patients, the ``secondread segment``
+command end to end, the shipped ``brain-mri-seg`` bundle on real validation slices, bad input.
+
+Independent references: masks are re-read from the written PNGs with Pillow and Dice is recomputed
+with numpy; region areas are checked against pixel counts times the spacing; synthetic masks with
+hand-computable regions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from secondread import segment
+from secondread.cli import main
+from secondread.datasets import lgg
+from secondread.errors import SecondreadError
+from secondread.image import Image
+
+TINY_ARCH = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8, 16],
+             "strides": [2, 2], "num_res_units": 0}
+VAL_PATIENT = "TCGA_CS_4944_20010208"  # a val patient folder (lgg.json), 20 slices
+
+
+@pytest.fixture(scope="module")
+def lgg_dir(data_root) -> Path:
+    folder = data_root / "mri" / "lgg"
+    if not (folder / "index.csv").is_file():
+        pytest.skip("mri/lgg is not in the data folder")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(lgg_dir, tmp_path_factory) -> Path:
+    """A tiny U-Net trained for a few steps on 2 real train patients, chosen on 1 val patient."""
+    out = tmp_path_factory.mktemp("seg") / "tiny-seg"
+    segment.train_seg(out, lgg_dir.parents[1], epochs=2, train_patients=2, val_patients=1,
+                      arch_args=TINY_ARCH, max_steps=8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_data(lgg_dir, tmp_path_factory) -> Path:
+    """One val patient's slices and masks in an LGG-like layout (patient folder inside a subfolder)."""
+    root = tmp_path_factory.mktemp("lggsmall")
+    dst = root / "site" / VAL_PATIENT
+    dst.mkdir(parents=True)
+    for f in sorted((lgg_dir / VAL_PATIENT).iterdir()):
+        shutil.copy(f, dst / f.name)
+    return root
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["segment", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _png(path: Path) -> np.ndarray:
+    with PILImage.open(path) as im:
+        assert im.mode == "L"
+        return np.asarray(im)
+
+
+def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
+    b = segment.load_seg_bundle(tiny_bundle)
+    assert b.config["task"] == "segmentation" and b.config["training"]["split_used"] == "train"
+    assert b.threshold in segment.THRESHOLDS and b.config["min_region_px"] in segment.MIN_REGIONS
+    assert {"dice_tumour", "fp_rate_empty", "dice_patient_3d", "hd95_tumour"} <= set(b.config["metrics"])
+    assert (tiny_bundle / "model_card.md").read_text().startswith("# Model card: brain-mri-seg")
+
+
+def test_segment_command_writes_masks_where_the_images_are_and_scores_them(tiny_bundle, small_data, tmp_path, capsys):
+    masks, csv_path = tmp_path / "masks", tmp_path / "pred.csv"
+    code, out, err = _run(capsys, "--model", str(tiny_bundle), "--data", str(small_data), "--split", "all",
+                          "--masks-out", str(masks), "--predictions", str(csv_path), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    images = sorted(p for p in small_data.rglob("*_flair.png"))
+    assert result["summary"]["images"] == len(images) == 20
+    rows = {r["id"]: r for r in csv.DictReader(csv_path.open())}
+    per_image = {r["id"]: r for r in result["per_image"]}
+    for img in images:
+        rel = img.relative_to(small_data).as_posix()
+        written = _png(masks / rel)  # same relative path and name as the input image
+        expert = _png(img.with_name(img.name.replace("_flair", "_mask"))) > 127
+        assert written.shape == _png(img).shape == (256, 256)
+        assert set(np.unique(written)) <= {0, 255}
+        pred = written == 255
+        both = pred.sum() + expert.sum()
+        dice = 1.0 if both == 0 else 2 * (pred & expert).sum() / both  # numpy, on the written files
+        assert float(rows[rel]["dice"]) == pytest.approx(dice, abs=1e-4)
+        assert int(rows[rel]["pred_pixels"]) == pred.sum() and int(rows[rel]["truth_pixels"]) == expert.sum()
+        assert rows[rel]["hd95"] == "" or (pred.any() and expert.any())
+        regions = per_image[rel]["regions"]
+        assert sum(r["area_px"] for r in regions) == pred.sum()
+    # per-patient 3D Dice, recomputed from the files
+    stack = lambda pat: np.stack([_png(masks / i.relative_to(small_data)) == 255 if pat == "p" else
+                                  _png(i.with_name(i.name.replace("_flair", "_mask"))) > 127 for i in images])
+    p, t = stack("p"), stack("t")
+    dice3d = 2 * (p & t).sum() / (p.sum() + t.sum())
+    assert result["per_patient_dice"]["TCGA_CS_4944"] == pytest.approx(dice3d, abs=1e-4)
+    tumour = [float(r["dice"]) for r in rows.values() if r["tumour"] == "1"]
+    assert result["summary"]["dice_tumour"] == pytest.approx(np.mean(tumour), abs=1e-4)
+
+
+def test_single_file_and_the_rgb_tif_layout(tiny_bundle, lgg_dir, tmp_path, capsys):
+    flair = lgg_dir / VAL_PATIENT / f"{VAL_PATIENT}_12_flair.png"
+    grey = _png(flair)
+    rgb = np.stack([np.zeros_like(grey), grey, np.full_like(grey, 200)], axis=-1)  # Kaggle order: FLAIR = 1
+    tif = tmp_path / "data" / f"{VAL_PATIENT}_12.tif"
+    tif.parent.mkdir()
+    PILImage.fromarray(rgb, mode="RGB").save(tif)
+    assert np.array_equal(segment.read_slice(tif).pixels, grey)  # the FLAIR channel, not the luminance
+    code, _, err = _run(capsys, "--model", str(tiny_bundle), "--data", str(tif), "--masks-out", str(tmp_path / "m"))
+    assert code == 0, err
+    assert _png(tmp_path / "m" / f"{VAL_PATIENT}_12.png").shape == grey.shape
+
+
+def test_regions_measure_areas_diameters_and_boxes():
+    mask = np.zeros((40, 50), bool)
+    mask[2:12, 3:23] = True  # 10 x 20 = 200 px
+    mask[30:33, 40:43] = True  # 3 x 3 = 9 px
+    regions = segment.regions_of(mask, spacing=(0.5, 0.8))
+    big, small = regions
+    assert (big["area_px"], small["area_px"]) == (200, 9)
+    assert big["area_mm2"] == pytest.approx(200 * 0.5 * 0.8) and small["area_mm2"] == pytest.approx(9 * 0.4)
+    assert big["bbox"] == {"x0": 3, "y0": 2, "x1": 23, "y1": 12}
+    assert big["centroid"] == {"x": 12.5, "y": 6.5}
+    # Feret diameter of the rectangle's outline: between its pixel centres' hull and its outer corners
+    assert np.hypot(19, 9) <= big["longest_diameter_px"] <= np.hypot(20, 10)
+    assert np.hypot(19 * 0.8, 9 * 0.5) <= big["longest_diameter_mm"] <= np.hypot(20 * 0.8, 10 * 0.5)
+    assert segment.regions_of(mask)[0]["area_mm2"] is None
+    assert segment.regions_of(np.zeros((5, 5), bool)) == []
+    assert segment.remove_specks(mask, 10).sum() == 200
+
+
+def test_shipped_bundle_on_real_val_slices():
+    bundle = segment.load_seg_bundle("brain-mri-seg")
+    assert bundle.config["training"]["split_used"] == "train"
+    assert sum(p.stat().st_size for p in bundle.path.iterdir()) < 5_000_000
+    items = lgg.samples(split="val")
+    tumour = sorted((s for s in items if s.label), key=lambda s: -s.attributes["tumour_pixels"])[:6]
+    empty = [s for s in items if not s.label][::20][:6]
+    dices = []
+    for s in tumour:
+        mask, regions = segment.segment_image(s.image, bundle)
+        assert mask.shape == s.image.shape and sum(r["area_px"] for r in regions) == mask.sum()
+        truth = s.lesions[0].mask
+        dices.append(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
+    assert np.mean(dices) > 0.6, dices
+    pixels = [segment.segment_image(s.image, bundle)[0].sum() for s in empty]
+    assert sum(p < 50 for p in pixels) >= len(empty) - 1, pixels
+
+
+def test_image_with_spacing_gives_mm(tiny_bundle, lgg_dir):
+    bundle = segment.load_seg_bundle(tiny_bundle)
+    px = _png(lgg_dir / VAL_PATIENT / f"{VAL_PATIENT}_12_flair.png")
+    bundle.config["threshold"] = 0.0  # everything is lesion: one region, the whole slice
+    bundle.config["min_region_px"] = 0
+    mask, regions = segment.segment_image(Image(px, modality="MR", spacing=(0.9, 0.7)), bundle)
+    assert mask.all() and len(regions) == 1
+    assert regions[0]["area_mm2"] == pytest.approx(mask.sum() * 0.9 * 0.7)
+    volume = Image(np.stack([px, px]), modality="MR", spacing=(3.0, 0.9, 0.7))
+    mask3, regions3 = segment.segment_image(volume, bundle)
+    assert mask3.shape == (2, 256, 256) and regions3[0]["volume_mm3"] == pytest.approx(mask3.sum() * 3 * 0.9 * 0.7)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "not_image", "classifier", "unknown", "bad_split",
+                                  "withheld_test", "masks_into_data"])
+def test_bad_input_is_one_line(case, tiny_bundle, small_data, tmp_path, capsys):
+    model, data, extra = str(tiny_bundle), str(small_data), []
+    if case == "missing":
+        data = str(tmp_path / "nowhere")
+    elif case == "empty_folder":
+        (tmp_path / "e").mkdir()
+        (tmp_path / "e" / "notes.csv").write_text("a,b\n")
+        data = str(tmp_path / "e")
+    elif case == "not_image":
+        (tmp_path / "x.png").write_text("not a png")
+        data = str(tmp_path / "x.png")
+    elif case == "classifier":
+        model = "brain-mri-tumour"
+    elif case == "unknown":
+        model = "no-such-model"
+    elif case == "bad_split":
+        (tmp_path / "flat").mkdir()
+        shutil.copy(next(small_data.rglob("*_1_flair.png")), tmp_path / "flat" / "a.png")
+        data, extra = str(tmp_path / "flat"), ["--split", "val"]
+    elif case == "withheld_test":
+        extra = ["--split", "test"]  # a val patient only: nothing of the withheld test split here
+    masks_out = str(small_data if case == "masks_into_data" else tmp_path / "m")
+    code, _, err = _run(capsys, "--model", model, "--data", data, "--masks-out", masks_out, *extra)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("secondread: error: ") and "Traceback" not in err
+    assert not (tmp_path / "m").exists() or case == "not_image"
+
+
+def test_errors_are_secondread_errors():
+    with pytest.raises(SecondreadError, match="too small"):
+        segment.segment_image(Image(np.ones((4, 4))), segment.SegBundle(Path("."), {}, None, ""))
+    assert "brain-mri-seg" in segment.shipped_names() and "pneumonia" not in segment.shipped_names()
