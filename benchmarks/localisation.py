@@ -83,8 +83,16 @@ def mammo_rows(data: Path) -> list[dict]:
     return out
 
 
-TASKS = {"ct": ct_rows, "mammo": mammo_rows}
-"""Row makers by name; segmentation adds its own here."""
+def seg_rows(data: Path) -> list[dict]:
+    """LGG FLAIR abnormality segmentation (val patients): benchmarks/segmentation.py's rows."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from segmentation import seg_rows as rows
+
+    return rows(data)
+
+
+TASKS = {"ct": ct_rows, "mammo": mammo_rows, "seg": seg_rows}
+"""Row makers by name."""
 
 
 def main(argv=None) -> int:

@@ -274,12 +274,13 @@ def test_2d_sr_codes_probability_region_and_references(samples, name):
     path, out, report = samples[name]
     source = pydicom.dcmread(path, stop_before_pixels=True)
     finding = report["findings"][0]
-    assert finding["label"] == SAMPLES[name] and len(report["findings"]) == 1
+    assert finding["label"] == SAMPLES[name] and [f for f in report["findings"] if not f.get("kind")] == [finding]
     sr = hd.sr.srread(out / "sr.dcm")
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     evidence = [i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
-    assert evidence == [source.SOPInstanceUID]
+    seg = [pydicom.dcmread(out / "seg.dcm").SOPInstanceUID] if (out / "seg.dcm").exists() else []  # brain outlines
+    assert evidence == [source.SOPInstanceUID] + seg
     entry = CODES["findings"][SAMPLES[name]]
     content = sr.content
     groups = content.get_planar_roi_measurement_groups() + content.get_image_measurement_groups()
@@ -292,7 +293,7 @@ def test_2d_sr_codes_probability_region_and_references(samples, name):
     assert crossed == (sorted(n for n, op in finding["operating_points"].items() if op["crossed"]) or ["none"])
     items = list(content_items(sr.ContentSequence))
     refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if "ReferencedSOPSequence" in i}
-    assert refs == {source.SOPInstanceUID}
+    assert refs == {source.SOPInstanceUID, *seg}
     region = finding["region"]
     if region:  # the hottest region as a closed polyline through the pixel edges, its area in mm2
         roi = group.roi
@@ -306,7 +307,9 @@ def test_2d_sr_codes_probability_region_and_references(samples, name):
         assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     else:
         assert not (out / "sc.dcm").exists()
-    assert not (out / "seg.dcm").exists()  # no mask for a 2D model finding
+    # a mask only where a segmentation bundle outlines the finding (brain MRI), else none
+    lesions = [f for f in report["findings"] if f.get("kind") == "segmented lesion"]
+    assert (out / "seg.dcm").exists() == bool(lesions)
     written = {f["file"] for f in report["dicom"]["files"]}
     assert written == {p.name for p in out.glob("*.dcm")}
 
@@ -399,3 +402,49 @@ def test_seg_of_a_2d_mask_on_a_single_frame_image(data_root, tmp_path):
     assert np.array_equal(by_segment[1], disc) and np.array_equal(by_segment[2], ring)
     require_dciodvfy()
     assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+
+
+# ----------------------------------------------------------------------------- brain MRI masks
+def test_brain_mri_lesion_masks_in_seg_and_sr(data_root, tmp_path):
+    """A FLAIR slice with a tumour, written as an MR DICOM: the classifier's positive finding gets
+    the segmentation bundle's outlines as findings, as a 'brain tumour' segment in seg.dcm (equal to
+    segment_image's mask) and as measurement groups in sr.dcm; both pass dciodvfy."""
+    from secondread.analyze import _seg_bundle
+    from secondread.datasets import lgg
+    from secondread.segment import segment_image
+
+    val = [s for s in lgg.samples(data_root, split="val") if s.label == 1]
+    sample = max(val, key=lambda s: sum(int(les.mask.sum()) for les in s.lesions))  # the largest tumour
+    pixels = np.round(sample.image.pixels).astype(np.uint16)
+    ds = pydicom.dcmread(data_root / "dicom" / "MR_small.dcm")
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [0.9375, 0.9375]
+    for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    path = tmp_path / "flair.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    out = tmp_path / "r"
+    report = analyze_image(path, out)
+    finding = report["findings"][0]
+    assert report["model"]["name"] == "brain-mri-tumour" and finding["positive"]
+    lesions = [f for f in report["findings"] if f.get("kind") == "segmented lesion"]
+    assert lesions and all(f["model"] == "brain-mri-seg" and f["area_mm2"] > 0 for f in lesions)
+    image = load_study(path).image
+    mask, regions = segment_image(image, _seg_bundle("brain-mri-seg"))
+    assert [r["area_px"] for r in regions] == [f["area_px"] for f in lesions]
+    seg = pydicom.dcmread(out / "seg.dcm")
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == ["brain tumour"] and seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "126952004"
+    assert np.array_equal(seg.pixel_array.astype(bool).reshape(mask.shape), mask)
+    sr = hd.sr.srread(out / "sr.dcm")
+    volumes = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(volumes) == len(lesions)
+    assert measurements(volumes[0])["Area"] == (pytest.approx(lesions[0]["area_mm2"]), "mm2")
+    require_dciodvfy()
+    assert dciodvfy_errors(out / "seg.dcm") == [] and dciodvfy_errors(out / "sr.dcm") == []

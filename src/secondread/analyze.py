@@ -286,6 +286,36 @@ def lung_nodules(image: Image) -> tuple[list, str | None]:
         return [], exc.problem
 
 
+SEGMENTERS = {"brain tumour": "brain-mri-seg"}
+"""Classifier finding -> the shipped segmentation bundle that outlines it (2D images)."""
+
+
+@lru_cache(maxsize=4)
+def _seg_bundle(name: str):
+    from .segment import load_seg_bundle
+
+    return load_seg_bundle(name)
+
+
+def segmented_lesions(image: Image, bundle) -> tuple[list[dict[str, Any]], np.ndarray | None, Any]:
+    """The lesions the finding's segmentation bundle outlines on a 2D image: report findings of
+    kind ``"segmented lesion"`` (area, longest diameter, centroid, box), their mask and the bundle;
+    ``([], None, None)`` where no segmentation bundle reads this finding. Run, like Grad-CAM, only
+    for a finding that crosses an operating point: outlines beside a negative finding would say two
+    things at once."""
+    name = SEGMENTERS.get(bundle.finding)
+    if name is None or image.pixels.ndim != 2:
+        return [], None, None
+    from .segment import segment_image
+
+    seg = _seg_bundle(name)
+    mask, regions = segment_image(image, seg)
+    findings = [{"kind": "segmented lesion", "label": bundle.finding, "model": name, **region,
+                 "score_meaning": "mean probability of the segmentation network inside the region (not calibrated)"}
+                for region in regions]
+    return findings, (mask if regions else None), seg
+
+
 def nodule_finding(candidate, image: Image) -> dict[str, Any]:
     """One nodule candidate as a report finding (sizes as Lung-RADS v2022 measures them)."""
     c = candidate.as_dict()
@@ -318,12 +348,14 @@ def _model_identity(bundle) -> tuple[str, str, str]:
     return bundle.name, str(bundle.version), bundle.sha256
 
 
-def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region) -> Any:
+def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region, lesion_mask=None, seg=None) -> Any:
     from . import __version__
     from .report.dicom import NODULE_ALGORITHM, DicomInputs, Segment, nodule_label_volume
 
     segments = [Segment("nodule candidate", nodule_label_volume(masks, study.image.shape), NODULE_ALGORITHM,
                         __version__)] if masks else []
+    if lesion_mask is not None:
+        segments.append(Segment(bundle.finding, lesion_mask, seg.name, str(seg.config.get("version")), "ArtificialIntelligence"))
     plane = region["peak"]["z"] if region and study.image.pixels.ndim == 3 else study.image.shape[0] // 2
     name, version, sha256 = _model_identity(bundle)
     return DicomInputs(sources=study.sources, shape=study.image.shape, model_name=name,
@@ -449,10 +481,12 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
         pictures["heatmap.png"] = np.round(heat[plane] * 255).astype(np.uint8)
         pictures["overlay.png"] = overlay(image.pixels[plane], heat[plane], finding.region)
     found, skipped = lung_nodules(image)
+    crossed = any(op["crossed"] for op in finding.operating_points.values())
+    lesions, lesion_mask, seg = segmented_lesions(image, bundle) if crossed else ([], None, None)
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
     suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()
-    findings = [finding.to_dict()] + [nodule_finding(c, image) for c, _ in found]
+    findings = [finding.to_dict()] + [nodule_finding(c, image) for c, _ in found] + lesions
     report = build_report(image_info=image_info(image), findings=findings, record=record,
                           suggestion=suggestion, model=model_info(bundle))
     if choice is not None:
@@ -463,11 +497,15 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
     if study.is_dicom:
         from .report.dicom import build_objects
 
-        inputs = _dicom_inputs(study, bundle, [m for _, m in found], pictures.get("overlay.png"), finding.region)
+        inputs = _dicom_inputs(study, bundle, [m for _, m in found], pictures.get("overlay.png"), finding.region,
+                               lesion_mask, seg)
         datasets, report["dicom"] = build_objects(report, inputs, source=Path(image.source).name)
     elif study.dicom_note:
         report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
-    return Analysis(report, pictures, datasets, finding, _union(found, image.shape))
+    masks = _union(found, image.shape)
+    if lesion_mask is not None:
+        masks = lesion_mask if masks is None else masks | lesion_mask
+    return Analysis(report, pictures, datasets, finding, masks)
 
 
 def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,

@@ -129,14 +129,9 @@ def _scaled_px(px_at_input: float, shape: tuple[int, ...], input_shape: tuple[in
 
 def shipped_names() -> list[str]:
     """Shipped segmentation bundles (zoo folders whose bundle.json says ``"task": "segmentation"``)."""
-    names = []
-    for folder in sorted(ZOO.iterdir()) if ZOO.is_dir() else []:
-        try:
-            if json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("task") == TASK:
-                names.append(folder.name)
-        except (OSError, ValueError, AttributeError):
-            continue
-    return names
+    from .models.bundle import shipped_names as shipped
+
+    return shipped(TASK)
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:

@@ -41,11 +41,21 @@ REQUIRED_KEYS = ("name", "architecture", "arch_args", "preprocessing", "labels",
 BATCH_SIZE = 256
 
 
-def shipped_names() -> list[str]:
-    """Names of the bundles shipped inside the package (folders of ``zoo/`` with a bundle.json)."""
+def shipped_names(task: str | None = "classification") -> list[str]:
+    """Names of the bundles shipped inside the package (folders of ``zoo/`` with a bundle.json)
+    whose ``task`` (default ``classification``) is ``task``; ``None`` for every bundle.
+
+    Segmentation bundles (``"task": "segmentation"``) are read by :mod:`secondread.segment`, not
+    by :func:`load_bundle`, so the classifier lists (model choice, the service's bundles) skip them.
+    """
     if not ZOO.is_dir():
         return []
-    return sorted(p.name for p in ZOO.iterdir() if (p / CONFIG_FILE).is_file())
+    names = []
+    for folder in sorted(p for p in ZOO.iterdir() if (p / CONFIG_FILE).is_file()):
+        kind = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("task", "classification")
+        if task is None or kind == task:
+            names.append(folder.name)
+    return names
 
 
 def prepare_images(spec: list[dict], images: Iterable[Any]) -> np.ndarray:
@@ -170,6 +180,8 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         return path
     if str(name_or_path) in shipped_names():
         return ZOO / str(name_or_path)
+    if str(name_or_path) in shipped_names("segmentation"):
+        raise SecondreadError(name_or_path, "is a segmentation bundle: use `secondread segment --model` for it")
     names = ", ".join(shipped_names()) or "none"
     raise SecondreadError(name_or_path, f"no such model bundle folder or shipped bundle name (shipped: {names})")
 

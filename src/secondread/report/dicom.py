@@ -228,6 +228,27 @@ def _nodule_group(finding: dict[str, Any], inputs: DicomInputs, seg: Dataset):
         finding_sites=[hd.sr.FindingSite(finding_site("nodule candidate"))], measurements=measurements)
 
 
+def _lesion_group(finding: dict[str, Any], inputs: DicomInputs, seg: Dataset):
+    """TID 1411 for a region a segmentation network outlined on a 2D image: its segment in
+    ``seg.dcm`` and, where the pixel spacing is known, its area and longest diameter."""
+    import highdicom as hd
+
+    sources = [hd.sr.SourceImageForSegmentation(*inputs.sources.ref(0))]
+    segment = hd.sr.ReferencedSegment(sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+                                      segment_number=segment_number(inputs, finding["label"]), source_images=sources)
+    measurements = []
+    if finding.get("area_mm2") is not None:
+        measurements.append(_measurement("area", finding["area_mm2"], "mm2"))
+    if finding.get("longest_diameter_mm") is not None:
+        measurements.append(_measurement("diameter", finding["longest_diameter_mm"], "mm"))
+    site = finding_site(finding["label"])
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{finding['label']} region {finding['rank']}"),
+        referenced_segment=segment, finding_type=finding_code(finding["label"]),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=finding["model"], version=inputs.model_version),
+        finding_sites=[hd.sr.FindingSite(site)] if site else None, measurements=measurements or None)
+
+
 def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
     """The TID 1500 measurement report of ``report["findings"]``."""
     import highdicom as hd
@@ -237,6 +258,9 @@ def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
         if finding.get("kind") == "nodule candidate":
             if seg is not None and segment_number(inputs, "nodule candidate"):
                 groups.append(_nodule_group(finding, inputs, seg))
+        elif finding.get("kind") == "segmented lesion":
+            if seg is not None and segment_number(inputs, finding["label"]) and len(inputs.shape) == 2:
+                groups.append(_lesion_group(finding, inputs, seg))
         else:
             groups.append(_model_group(finding, inputs))
     content = hd.sr.MeasurementReport(observation_context=observation_context(inputs),

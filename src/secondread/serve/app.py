@@ -135,10 +135,11 @@ def shipped_models() -> list[dict[str, Any]]:
     """Each shipped bundle's card and figures, read from its folder (no weights loaded)."""
     from ..models.bundle import CARD_FILE, CONFIG_FILE, ZOO, shipped_names
     out = []
-    for name in shipped_names():
+    for name in shipped_names(task=None):
         config = json.loads((ZOO / name / CONFIG_FILE).read_text(encoding="utf-8"))
         card = ZOO / name / CARD_FILE
-        out.append({"name": name, "version": config.get("version"), "finding": config.get("finding"),
+        out.append({"name": name, "task": config.get("task", "classification"), "version": config.get("version"),
+                    "finding": config.get("finding"),
                     "modalities": config.get("modalities"), "input_shape": config.get("input_shape"),
                     "labels": config.get("labels"), "threshold": config.get("threshold"),
                     "operating_points": config.get("operating_points"), "metrics": config.get("metrics"),
