@@ -27,6 +27,19 @@ Method (:func:`explain_sample`, :func:`map_regions`):
 - 95 % CIs: percentile bootstrap over patients (LGG) / women (mini-MIAS), seeded
   (:func:`secondread.localise._bootstrap_ci`): a patient's slices are not independent.
 
+Which layer (measured 2026-11-24, selection on ``train`` only, pointing game / top-3):
+the shipped ``gradcam_layer`` of the compact ResNets is the last stage (8 x 8 cells for the 64 px
+brain model, 16 x 16 for the 128 px mammography model); upsampled, its maximum can only fall on a
+cell centre 32 px apart on a 256 px slice, which misses small tumours the cell overlaps. On LGG
+train (348 tumour slices): last stage Grad-CAM 0.11 / 0.21, Grad-CAM++ 0.13 / 0.22; middle stage
+(``features.stage2_0.relu2``, 16 x 16) Grad-CAM 0.48 / 0.51, **Grad-CAM++ 0.51 / 0.58**; first
+stage 0.04 / 0.14. On LGG val (87 slices, 7 patients) the last stage scores 0.08 [0.02, 0.16] and
+the train-selected middle stage with Grad-CAM++ 0.71 [0.63, 0.79] (top-3 0.78 [0.69, 0.85]);
+baselines 0.14 (image centre), 0.01 (brain centroid). mammo-abnormal (val AUC 0.63) points at no
+lesion on val (0 / 17 at either layer; its peak lies in the breast on 8 of 17 images), under the
+image-centre baseline (1 / 17). The default stays the layer ``analyze`` shows a reader, so the
+figure scores what is shown; ``layer=``/``method=`` score the alternatives.
+
 Which data set scores which bundle is read from the bundle (``training.dataset``): LGG for
 ``brain-mri-tumour``, mini-MIAS for ``mammo-abnormal``. The breast *ultrasound* classifier
 (``breast-us-28``) would need BUSI's masks, which are not available here; pneumonia and adrenal CT
@@ -77,20 +90,25 @@ def peak_point(heat: np.ndarray) -> tuple[float, float] | None:
     return float(col), float(row)
 
 
-def foreground_centroid(pixels: np.ndarray) -> tuple[float, float]:
-    """``(x, y)`` of the body part's centroid: largest component above half Otsu's level of the
-    smoothed image, holes filled (the baseline "pointing" guess for the brain)."""
+def foreground_mask(pixels: np.ndarray) -> np.ndarray:
+    """The body part (the brain on a FLAIR slice): largest component above half Otsu's level of the
+    smoothed image, holes filled; the whole image when the image is constant."""
     unit = pixels.astype(np.float32)
     span = float(unit.max() - unit.min())
-    unit = (unit - unit.min()) / span if span > 0 else np.zeros_like(unit)
-    smooth = filters.gaussian(unit, 2)
-    mask = smooth > 0.5 * filters.threshold_otsu(smooth) if span > 0 else np.ones_like(unit, bool)
-    labels = measure.label(mask)
-    if labels.max() > 0:
-        mask = ndi.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    if span <= 0:
+        return np.ones(pixels.shape, bool)
+    smooth = filters.gaussian((unit - unit.min()) / span, 2)
+    labels = measure.label(smooth > 0.5 * filters.threshold_otsu(smooth))
+    if labels.max() == 0:
+        return np.ones(pixels.shape, bool)
+    return ndi.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+
+
+def centroid(mask: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` of a mask's centroid (the image centre for an empty mask): the baseline guess."""
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
-        return (pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2
+        return (mask.shape[1] - 1) / 2, (mask.shape[0] - 1) / 2
     return float(cols.mean()), float(rows.mean())
 
 
@@ -160,6 +178,7 @@ def summarise(per_image: list[dict]) -> dict:
         values = np.array([r[key] for r in per_image], dtype=float)
         out[key] = round(float(values.mean()), 3) if len(values) else None
         out[f"{key}_ci95"] = _bootstrap_ci(values, groups) if len(values) else None
+    out["peak_in_body"] = round(float(np.mean([r["peak_in_body"] for r in per_image])), 3) if per_image else None
     positive = [r for r in per_image if r["positive"]]
     out["called_positive"] = len(positive)
     out["pointing_when_called_positive"] = (round(float(np.mean([r["pointing"] for r in positive])), 3)
@@ -248,12 +267,15 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
         pixels = sample.image.pixels
         heat, prob = explain_sample(bundle, pixels, layer, method)
         regions = map_regions(heat, top_k)
-        body = (_centroid(breast_region(sample.image)) if dataset == "mini-mias" else foreground_centroid(pixels))
-        baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2), "body_centroid": body}
+        body = breast_region(sample.image) if dataset == "mini-mias" else foreground_mask(pixels)
+        baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2),
+                     "body_centroid": centroid(body)}
+        peak = peak_point(heat)
         image_id = Path(sample.source).resolve().relative_to(folder.resolve()).as_posix()
         rows += [(image_id, r) for r in regions]
         per_image.append({"id": image_id, "patient": sample.patient, "probability": round(prob, 4),
-                          "positive": prob >= bundle.threshold, "peak": peak_point(heat),
+                          "positive": prob >= bundle.threshold, "peak": peak,
+                          "peak_in_body": bool(peak is not None and body[int(peak[1]), int(peak[0])]),
                           **image_result(heat, regions, truth, baselines)})
     if not per_image:
         raise SecondreadError(folder, f"no images with a located expert lesion in the {split!r} split")
@@ -272,13 +294,6 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             "predictions": None if predictions is None else str(predictions),
             "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(per_image), 4),
             "disclaimer": DISCLAIMER}
-
-
-def _centroid(mask: np.ndarray) -> tuple[float, float]:
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
-        return (mask.shape[1] - 1) / 2, (mask.shape[0] - 1) / 2
-    return float(cols.mean()), float(rows.mean())
 
 
 def _per_split(dataset: str, per_image: list[dict]) -> dict:
