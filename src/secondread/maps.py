@@ -57,7 +57,15 @@ from scipy import ndimage as ndi
 from skimage import filters, measure
 
 from .errors import SecondreadError
-from .localise import DISCLAIMER, TOP_K, Region, _bootstrap_ci, breast_region, hits, write_predictions
+from .localise import (
+    DISCLAIMER,
+    TOP_K,
+    Region,
+    _bootstrap_ci,
+    breast_region,
+    hits,
+    write_predictions,
+)
 
 LEVEL = 0.5
 """A region is a connected part of the map at or above this fraction of the map's peak."""
@@ -144,7 +152,7 @@ def _inside(points: list[tuple[float, float]], truth: dict) -> list[bool]:
         return hits([Region(0, 0.0, x, y, 0.0) for x, y in points], truth["circles"])
     out = []
     for x, y in points:
-        r, c = int(round(y)), int(round(x))
+        r, c = round(y), round(x)
         out.append(any(0 <= r < m.shape[0] and 0 <= c < m.shape[1] and bool(m[r, c]) for m in truth["masks"]))
     return out
 
