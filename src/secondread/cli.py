@@ -181,7 +181,7 @@ def cmd_localise(args: argparse.Namespace) -> int:
         from .maps import localise_with_map
 
         result = localise_with_map(args.model, args.data, split=args.split, predictions=args.predictions,
-                                   top_k=args.top_k)
+                                   top_k=args.top_k, layer=args.layer, method=args.method)
     _print_result(result, args.json, ("summary", "seconds"))
     return 0
 
@@ -364,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--split", default="all", help="all, train, val or fold<k> (per-woman splits)")
     lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
     lo.add_argument("--top-k", type=int, default=10, help="candidates kept per image")
+    lo.add_argument("--layer", default=None, help="classifier maps: the layer to explain (default: the bundle's)")
+    lo.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"], help="classifier maps: CAM method")
     lo.add_argument("--json", action="store_true")
     lo.set_defaults(func=cmd_localise)
 
