@@ -4,8 +4,8 @@ Run:  .venv/bin/python benchmarks/batch.py [--data PATH] [--repeats 3] [--skip-r
 
 Inputs (written to a temporary folder, never into the repository):
   png    the PneumoniaMNIST validation split as 524 PNG files (the pneumonia bundle's own data type);
-  dicom  the LIDC-IDRI-0001 CT series (133 slices: one study, read as a volume, then skipped: no CT
-         volume model yet) plus the 23 DICOM samples (2D ones analysed, volumes skipped, the RT dose
+  dicom  the LIDC-IDRI-0001 CT series (133 slices: one study, read as a volume, then skipped: the
+         pneumonia model reads 2D images; ``--model auto`` would give it the nodule search) plus the 23 DICOM samples (2D ones analysed, volumes skipped, the RT dose
          and odd encodings as they come).
 
 Configurations, each in a fresh Python process (so start-up and memory are its own):
