@@ -68,7 +68,7 @@ def domain_caveats(image: Image, bundle) -> list[str]:
     return caveats
 
 
-def detect(image: Image, bundle, explain_with: str = "gradcam") -> tuple[Finding, np.ndarray | None]:
+def detect(image: Image, bundle, explain_with: str | None = None) -> tuple[Finding, np.ndarray | None]:
     """Run the bundle on one 2D image; for a finding that crosses any operating point, add Grad-CAM."""
     dims = len(bundle.config.get("input_shape", (0, 0)))
     if image.pixels.ndim != dims:
@@ -90,7 +90,8 @@ def detect(image: Image, bundle, explain_with: str = "gradcam") -> tuple[Finding
         return finding, None
     if batch is None:
         batch = bundle.prepare(image.pixels)[None]
-    heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, image.shape, method=explain_with)
+    explain_with = explain_with or bundle.explain_method  # the CAM method; the layer is the bundle's
+    heat = gradcam(bundle.model, bundle.explain_layer, batch, image.shape, method=explain_with)
     finding.region = hottest_region(heat, image.spacing)
     if finding.region:
         finding.region["source"] = explain_with
@@ -445,7 +446,7 @@ class Analysis:
     masks: np.ndarray | None = None   # boolean, the image's shape: every nodule candidate's voxels (for viewers)
 
 
-def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str = "gradcam") -> Analysis:
+def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str | None = None) -> Analysis:
     """Analyse a study already read (:func:`load_study`); write nothing.
 
     ``bundle`` None chooses the shipped model from the image (:func:`models.choose.choose_bundle`),
@@ -509,7 +510,7 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
 
 
 def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundle=None,
-                   record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
+                   record: dict[str, Any] | None = None, llm=None, explain_with: str | None = None) -> dict[str, Any]:
     """Analyse a study already read (:func:`load_study`, see :func:`compose`) and write its report
     folder; the DICOM objects are written in the same atomic step as report.json. Returns the report."""
     result = compose(study, bundle, record, llm, explain_with)
@@ -518,7 +519,7 @@ def analyze_loaded(study: LoadedStudy | Image, out_dir: str | os.PathLike, bundl
 
 
 def analyze_image(path: str | os.PathLike, out_dir: str | os.PathLike, bundle=None,
-                  record: dict[str, Any] | None = None, llm=None, explain_with: str = "gradcam") -> dict[str, Any]:
+                  record: dict[str, Any] | None = None, llm=None, explain_with: str | None = None) -> dict[str, Any]:
     """Analyse one image file or DICOM series folder and write its report folder; return the report dict.
 
     ``bundle`` is a loaded bundle, or None to choose one from the image (see :func:`analyze_loaded`).

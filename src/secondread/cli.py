@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "image from its modality and dimensionality, and a CT volume gets the lung-nodule search")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
-    a.add_argument("--explain", default="gradcam", choices=["gradcam", "gradcam++"],
+    a.add_argument("--explain", default=None, choices=["gradcam", "gradcam++"],
                    help="explanation map for positive findings (default gradcam)")
     a.set_defaults(func=cmd_analyze)
 
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
     lo.add_argument("--top-k", type=int, default=10, help="candidates kept per image")
     lo.add_argument("--layer", default=None, help="classifier maps: the layer to explain (default: the bundle's)")
-    lo.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"], help="classifier maps: CAM method")
+    lo.add_argument("--method", default=None, choices=["gradcam", "gradcam++"],
+                    help="classifier maps: CAM method (default: the bundle's)")
     lo.add_argument("--json", action="store_true")
     lo.set_defaults(func=cmd_localise)
 

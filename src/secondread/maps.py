@@ -14,7 +14,7 @@ Method (:func:`explain_sample`, :func:`map_regions`):
   is about where the model looks, not about whether it fired (the model's probability is kept per
   image, and the summary also gives the pointing game among the images the model called positive).
 - Grad-CAM of the finding's logit (:func:`secondread.explain.gradcam`, with the bundle's own
-  preprocessing and ``model.gradcam_layer``), upsampled to the original image.
+  preprocessing and its ``explain_layer``/``explain_method``), upsampled to the original image.
 - Regions: connected components of the map at or above :data:`LEVEL` x its peak, ranked by their
   peak value; centre = the component's map-weighted centroid (x = column, y = row, pixels of the
   original image, top-left origin), radius = the equivalent-circle radius ``sqrt(area / pi)``.
@@ -37,8 +37,9 @@ stage 0.04 / 0.14. On LGG val (87 slices, 7 patients) the last stage scores 0.08
 the train-selected middle stage with Grad-CAM++ 0.71 [0.63, 0.79] (top-3 0.78 [0.69, 0.85]);
 baselines 0.14 (image centre), 0.01 (brain centroid). mammo-abnormal (val AUC 0.63) points at no
 lesion on val (0 / 17 at either layer; its peak lies in the breast on 8 of 17 images), under the
-image-centre baseline (1 / 17). The default stays the layer ``analyze`` shows a reader, so the
-figure scores what is shown; ``layer=``/``method=`` score the alternatives.
+image-centre baseline (1 / 17). The brain bundle now declares the train-selected map in its
+bundle.json (``"explain"``), so ``analyze`` shows it and the default here scores it;
+``layer=``/``method=`` score the alternatives.
 
 Which data set scores which bundle is read from the bundle (``training.dataset``): LGG for
 ``brain-mri-tumour``, mini-MIAS for ``mammo-abnormal``. The breast *ultrasound* classifier
@@ -121,16 +122,17 @@ def centroid(mask: np.ndarray) -> tuple[float, float]:
 
 
 def explain_sample(bundle, pixels: np.ndarray, layer: str | None = None,
-                   method: str = "gradcam") -> tuple[np.ndarray, float]:
+                   method: str | None = None) -> tuple[np.ndarray, float]:
     """Grad-CAM of the finding on ``pixels`` at their own size, and the model's probability.
 
-    ``layer`` defaults to the network's ``gradcam_layer`` (the map ``analyze`` shows a reader)."""
+    ``layer`` and ``method`` default to the bundle's (``explain_layer``/``explain_method``: the map
+    ``analyze`` shows a reader)."""
     from .explain import gradcam
     from .models.bundle import calibrated
 
     batch = bundle.prepare(pixels)[None]
     prob = float(calibrated(bundle.logits(batch), bundle.temperature)[0])
-    layer = layer or bundle.model.gradcam_layer
+    layer, method = layer or bundle.explain_layer, method or bundle.explain_method
     if layer not in dict(bundle.model.named_modules()):
         raise SecondreadError(None, f"model {bundle.name!r} has no layer {layer!r}")
     return gradcam(bundle.model, layer, batch, pixels.shape, method=method), prob
@@ -226,7 +228,7 @@ def _split_of(split: str) -> str | None:
 
 def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
                       predictions: str | os.PathLike | None = None, top_k: int = 10,
-                      limit: int | None = None, layer: str | None = None, method: str = "gradcam") -> dict:
+                      limit: int | None = None, layer: str | None = None, method: str | None = None) -> dict:
     """Explain every image of ``split`` with an expert lesion by ``model``'s Grad-CAM and score the map.
 
     Parameters
@@ -245,7 +247,8 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     limit : int, optional
         Explain only the first ``limit`` lesion images (tests; the figures use the whole split).
     layer, method : str, optional
-        The layer explained (default the network's ``gradcam_layer``) and ``gradcam``/``gradcam++``.
+        The layer explained and ``gradcam``/``gradcam++`` (default: the bundle's ``explain_layer`` and
+        ``explain_method``, the map ``analyze`` shows).
 
     Returns
     -------
@@ -292,7 +295,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     seconds = time.perf_counter() - start
     return {"model": bundle.name, "dataset": dataset, "split": split, "summary": summarise(per_image),
             **({"splits": _per_split(dataset, per_image)} if split == "all" else {}),
-            "per_image": per_image, "map": f"{method} of {layer or bundle.model.gradcam_layer}, regions at >= {LEVEL} x peak",
+            "per_image": per_image, "map": f"{method or bundle.explain_method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak",
             "hit_rule": ("pointing game = the map's global maximum inside the expert lesion; top-k = any of the "
                          "k strongest regions' centres inside it (" + ("within a circle's radius" if dataset ==
                                                                       "mini-mias" else "on the mask") + ")"),

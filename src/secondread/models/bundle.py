@@ -133,6 +133,11 @@ class Bundle:
         self.operating_points = dict(c.get("operating_points", {}))
         self.metrics = dict(c.get("metrics", {}))
         self.positive_class = int(c.get("positive_class", 1))
+        explain = dict(c.get("explain") or {})
+        # the layer and CAM method whose map a reader is shown: the network's last stage by default,
+        # or what the bundle says was chosen on its training split (bundle.json "explain")
+        self.explain_layer = str(explain.get("layer") or self.model.gradcam_layer)
+        self.explain_method = str(explain.get("method") or "gradcam")
         self.model.eval()
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:

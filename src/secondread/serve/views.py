@@ -82,7 +82,7 @@ def viewer_heat(image, bundle, shape: tuple[int, ...]) -> np.ndarray:
     """
     from ..explain import gradcam
     batch = bundle.prepare(image.pixels)[None]
-    return gradcam(bundle.model, bundle.model.gradcam_layer, batch, shape)
+    return gradcam(bundle.model, bundle.explain_layer, batch, shape, method=bundle.explain_method)
 
 
 def report_boxes(report: dict[str, Any], step: int) -> list[dict[str, Any]]:
