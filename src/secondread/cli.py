@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
     a.add_argument("--explain", default=None, choices=["gradcam", "gradcam++"],
-                   help="explanation map for positive findings (default gradcam)")
+                   help="explanation map for positive findings (default: the bundle's choice, else gradcam)")
     a.set_defaults(func=cmd_analyze)
 
     t = sub.add_parser("train", help="train a model bundle on a data set")
