@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from secondread.analyze import LoadedStudy, compose, load_study
+from secondread.analyze import compose, load_study
 from secondread.datasets import data_root, lgg, minimias
 from secondread.explain import display_uint8, save_png
 from secondread.image import Image

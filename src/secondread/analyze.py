@@ -403,7 +403,6 @@ def _union(found: list, shape: tuple[int, ...]) -> np.ndarray | None:
 def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, record, llm) -> tuple[dict, dict, dict]:
     """Report, pictures and DICOM datasets of a CT volume that no classifier reads: its findings
     are the lung-nodule candidates, its suggestion :func:`suggest.suggest_nodules`."""
-    from . import __version__
     from .suggest import suggest_nodules
 
     image = study.image

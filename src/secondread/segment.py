@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -134,23 +132,6 @@ def shipped_names() -> list[str]:
     return shipped(TASK)
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if str(name_or_path) in shipped_names():
-        return ZOO / str(name_or_path)
-    raise SecondreadError(name_or_path, "no such segmentation bundle folder or shipped name "
-                                        f"(shipped: {', '.join(shipped_names()) or 'none'})")
-
-
-def _hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        digest.update((folder / name).read_bytes())
-    return digest.hexdigest()
-
-
 def load_seg_bundle(name_or_path: str | os.PathLike) -> SegBundle:
     """Load a segmentation bundle by shipped name (``"brain-mri-seg"``) or folder.
 
@@ -159,7 +140,9 @@ def load_seg_bundle(name_or_path: str | os.PathLike) -> SegBundle:
     """
     import torch
 
-    folder = _resolve(name_or_path)
+    from .models.bundle import file_hash, resolve_bundle
+
+    folder = resolve_bundle(name_or_path, TASK)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -182,30 +165,14 @@ def load_seg_bundle(name_or_path: str | os.PathLike) -> SegBundle:
     except Exception as exc:  # corrupt file or wrong shapes: one line, no traceback
         raise SecondreadError(folder / WEIGHTS_FILE, f"weights do not load ({type(exc).__name__})") from None
     model.eval()
-    return SegBundle(path=folder, config=config, model=model, sha256=_hash(folder))
+    return SegBundle(path=folder, config=config, model=model, sha256=file_hash(folder))
 
 
 def save_seg_bundle(folder: str | os.PathLike, model, config: dict[str, Any]) -> Path:
     """Write config, weights and model card into ``folder``, replacing it whole (temp dir, rename)."""
-    import torch
+    from .models.bundle import install_bundle_folder
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    tmp.chmod(0o755)
-    try:
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
-        (tmp / CARD_FILE).write_text(model_card(config), encoding="utf-8")
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return install_bundle_folder(folder, config, model, model_card(config))
 
 
 # ============================================================================ inference

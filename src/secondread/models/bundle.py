@@ -178,17 +178,21 @@ class Bundle:
                 "positive": bool(p >= self.threshold), "threshold": self.threshold}
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
-    """A folder path, or a shipped name -> ``zoo/<name>``; anything else is an error naming the zoo."""
+def resolve_bundle(name_or_path: str | os.PathLike, task: str = "classification") -> Path:
+    """A folder path, or a shipped name of a ``task`` bundle -> ``zoo/<name>``; anything else is an
+    error naming the zoo (and saying so when the name is a bundle of the other task)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    if str(name_or_path) in shipped_names():
+    if str(name_or_path) in shipped_names(task):
         return ZOO / str(name_or_path)
-    if str(name_or_path) in shipped_names("segmentation"):
-        raise SecondreadError(name_or_path, "is a segmentation bundle: use `secondread segment --model` for it")
-    names = ", ".join(shipped_names()) or "none"
-    raise SecondreadError(name_or_path, f"no such model bundle folder or shipped bundle name (shipped: {names})")
+    other = "segmentation" if task == "classification" else "classification"
+    if str(name_or_path) in shipped_names(other):
+        command = "secondread segment" if other == "segmentation" else "secondread analyze/evaluate"
+        raise SecondreadError(name_or_path, f"is a {other} bundle: use `{command} --model` for it")
+    what = "model" if task == "classification" else task
+    names = ", ".join(shipped_names(task)) or "none"
+    raise SecondreadError(name_or_path, f"no such {what} bundle folder or shipped bundle name (shipped: {names})")
 
 
 def load_bundle(name_or_path: str | os.PathLike, backend: str = "torch") -> Bundle:
@@ -202,7 +206,7 @@ def load_bundle(name_or_path: str | os.PathLike, backend: str = "torch") -> Bund
     """
     if backend not in ("torch", "onnx", "auto"):
         raise SecondreadError(None, f"unknown backend {backend!r} (torch, onnx, auto)")
-    folder = _resolve(name_or_path)
+    folder = resolve_bundle(name_or_path)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -245,6 +249,15 @@ def save_bundle(folder: str | os.PathLike, model: nn.Module, config: dict[str, A
         files[ONNX_FILE] = export_bytes(model, config["input_shape"], config["arch_args"].get("in_channels", 1))
         config["onnx"] = {"file": ONNX_FILE, "input": "image", "output": "logit",
                           "input_shape": ["batch", config["arch_args"].get("in_channels", 1), *config["input_shape"]]}
+    return install_bundle_folder(folder, config, model, model_card(config), files)
+
+
+def install_bundle_folder(folder: str | os.PathLike, config: dict[str, Any], model: nn.Module, card: str,
+                          files: dict[str, bytes] | None = None) -> Path:
+    """Write bundle.json, the weights, the card and ``files`` into a temporary sibling of
+    ``folder`` and rename it into place, so a crash leaves the old bundle or the new one, never half
+    of one (classifier and segmentation bundles alike)."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; an installed bundle must be readable by all
@@ -252,8 +265,8 @@ def save_bundle(folder: str | os.PathLike, model: nn.Module, config: dict[str, A
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
-        (tmp / CARD_FILE).write_text(model_card(config), encoding="utf-8")
-        for name, data in files.items():
+        (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
