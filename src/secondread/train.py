@@ -51,34 +51,35 @@ def _uniform(n: int, gen: torch.Generator) -> Callable[[float, float], torch.Ten
     return lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
+def _affine_2d(x: torch.Tensor, gen: torch.Generator, *, flip: bool, degrees: float, scale: float,
+               shift_px: float, gain: float) -> torch.Tensor:
+    """Random 2D affine (optional left-right flip, rotation +-``degrees``, scale +-``scale``, shift
+    +-``shift_px``) then gain/offset +-``gain``: the one recipe every 2D modality uses with its own
+    bounds. The random draws come in a fixed order (flip, angle, scale, shifts, gain, offset), so a
+    seeded run gives the same batches, and so the same weights, as before."""
+    n, _, h, w = x.shape
+    u = _uniform(n, gen)
+    mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else 1.0
+    angle, zoom = u(-degrees, degrees) * math.pi / 180, u(1 - scale, 1 + scale)
+    tx, ty = u(-shift_px, shift_px) * 2 / w, u(-shift_px, shift_px) * 2 / h
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out * u(1 - gain, 1 + gain).view(n, 1, 1, 1) + u(-gain, gain).view(n, 1, 1, 1)
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Light chest-radiograph augmentation: rotation +-10 deg, shift +-2 px, scale +-5 %, and
     contrast/brightness jitter. No left-right flip: laterality (heart on the left) matters."""
-    n, _, h, w = x.shape
-    u = _uniform(n, gen)
-    angle, scale = u(-10, 10) * math.pi / 180, u(0.95, 1.05)
-    tx, ty = u(-2, 2) * 2 / w, u(-2, 2) * 2 / h
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * u(0.9, 1.1).view(n, 1, 1, 1) + u(-0.1, 0.1).view(n, 1, 1, 1)
+    return _affine_2d(x, gen, flip=False, degrees=10, scale=0.05, shift_px=2, gain=0.1)
 
 
 def _augment_ultrasound(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Breast ultrasound: left-right flip (a breast lesion has no laterality in the image, and the
     probe may face either way), rotation +-15 deg, scale +-10 %, shift +-2 px, gain/contrast +-15 %.
     No up-down flip: depth (skin at the top, shadowing below a lesion) carries meaning."""
-    n, _, h, w = x.shape
-    u = _uniform(n, gen)
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    angle, scale = u(-15, 15) * math.pi / 180, u(0.9, 1.1)
-    tx, ty = u(-2, 2) * 2 / w, u(-2, 2) * 2 / h
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * u(0.85, 1.15).view(n, 1, 1, 1) + u(-0.15, 0.15).view(n, 1, 1, 1)
+    return _affine_2d(x, gen, flip=True, degrees=15, scale=0.1, shift_px=2, gain=0.15)
 
 
 def _augment_adrenal_3d(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -109,16 +110,7 @@ def _augment_mri(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Axial brain MRI slices: left-right flip (tumour *presence* has no side), rotation +-10 deg,
     scale +-10 %, shift +-3 px, and intensity gain/offset +-10 % (FLAIR has no absolute scale).
     No up-down flip: anterior-posterior orientation is fixed in these slices."""
-    n, _, h, w = x.shape
-    u = _uniform(n, gen)
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    angle, scale = u(-10, 10) * math.pi / 180, u(0.9, 1.1)
-    tx, ty = u(-3, 3) * 2 / w, u(-3, 3) * 2 / h
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * u(0.9, 1.1).view(n, 1, 1, 1) + u(-0.1, 0.1).view(n, 1, 1, 1)
+    return _affine_2d(x, gen, flip=True, degrees=10, scale=0.1, shift_px=3, gain=0.1)
 
 
 AUGMENTATIONS: dict[str, tuple[Callable, str]] = {
