@@ -364,6 +364,19 @@ def _dicom_inputs(study: LoadedStudy, bundle, masks: list, overlay_rgb, region, 
                        overlay=overlay_rgb, overlay_slice=int(plane) if study.image.pixels.ndim == 3 else 0)
 
 
+def _dicom_objects(study: LoadedStudy, report: dict[str, Any], inputs) -> dict[str, Any]:
+    """The SR/SEG/SC datasets of a DICOM study (``inputs()`` builds what they need, only then), with
+    ``report["dicom"]`` listing them, or saying why a DICOM input gets none; {} otherwise."""
+    if study.is_dicom:
+        from .report.dicom import build_objects
+
+        datasets, report["dicom"] = build_objects(report, inputs(), source=Path(study.image.source).name)
+        return datasets
+    if study.dicom_note:
+        report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
+    return {}
+
+
 def study_date(study: LoadedStudy) -> dt.date | None:
     """The date the images were taken (Study, Series, Acquisition or Content Date of the first
     source header): the date a FHIR record's ages refer to. Never written to the report."""
@@ -379,7 +392,7 @@ def study_date(study: LoadedStudy) -> dt.date | None:
     return None
 
 
-def _read_record(record, finding_label: str, study: LoadedStudy) -> dict[str, Any] | None:
+def read_record(record, finding_label: str, study: LoadedStudy) -> dict[str, Any] | None:
     """A record given as a :class:`~secondread.records.merge.RecordSource` is read now, with the
     rules of the finding's body area and ages on the study date; a dict is used as it is."""
     from .records.merge import RecordSource
@@ -409,7 +422,7 @@ def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, 
     if skipped is not None or not (image.pixels.ndim == 3 and image.modality == "CT"):
         raise SecondreadError(image.source, choice.reason + (f"; the lung-nodule search did not run: {skipped}"
                                                              if skipped else ""))
-    record = _read_record(record, "lung nodule", study)
+    record = read_record(record, "lung nodule", study)
     findings = [nodule_finding(c, image) for c, _ in found]
     suggestion = suggest_nodules(findings, record["facts"] if record else None)
     summary_findings = [{"label": "lung nodule candidates of at least 6 mm", "positive": suggestion["suggested"],
@@ -421,14 +434,7 @@ def _nodules_only(study: LoadedStudy, choice, found: list, skipped: str | None, 
     model = {**NODULE_MODEL, "version": version, "sha256": sha256, "chosen": choice.to_dict()}
     report = build_report(image_info={**image_info(image), "picture_slice": int(z)}, findings=findings,
                           record=record, suggestion=suggestion, model=model)
-    datasets = {}
-    if study.is_dicom:
-        from .report.dicom import build_objects
-
-        datasets, report["dicom"] = build_objects(report, _dicom_inputs(study, None, [m for _, m in found], None, None),
-                                                  source=Path(image.source).name)
-    elif study.dicom_note:
-        report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
+    datasets = _dicom_objects(study, report, lambda: _dicom_inputs(study, None, [m for _, m in found], None, None))
     return report, pictures, datasets
 
 
@@ -471,7 +477,7 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
             found, skipped = lung_nodules(image)
             return Analysis(*_nodules_only(study, choice, found, skipped, record, llm), None, _union(found, image.shape))
         bundle = _shipped_bundle(choice.name)
-    record = _read_record(record, bundle.finding, study)
+    record = read_record(record, bundle.finding, study)
     with _model_lock(bundle):
         finding, heat = detect(image, bundle, explain_with)
     plane = _display_plane(image.pixels, finding.region)
@@ -493,15 +499,8 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
         report["model"]["chosen"] = choice.to_dict()
     if skipped:
         report["nodules"] = {"skipped": skipped}
-    datasets = {}
-    if study.is_dicom:
-        from .report.dicom import build_objects
-
-        inputs = _dicom_inputs(study, bundle, [m for _, m in found], pictures.get("overlay.png"), finding.region,
-                               lesion_mask, seg)
-        datasets, report["dicom"] = build_objects(report, inputs, source=Path(image.source).name)
-    elif study.dicom_note:
-        report["dicom"] = {"files": [], "skipped": [study.dicom_note]}
+    datasets = _dicom_objects(study, report, lambda: _dicom_inputs(
+        study, bundle, [m for _, m in found], pictures.get("overlay.png"), finding.region, lesion_mask, seg))
     masks = _union(found, image.shape)
     if lesion_mask is not None:
         masks = lesion_mask if masks is None else masks | lesion_mask

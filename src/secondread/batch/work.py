@@ -280,14 +280,13 @@ def _record(study: Study, loaded, bundle, times: dict):
     """The study's record, read with the rules of the model's body area and ages on the study date
     (for ``auto``, :func:`secondread.analyze.compose` reads it once the model is chosen)."""
     from ..records.merge import RecordSource
-    from ..suggest import record_area
 
     source = RecordSource(study.notes, study.fhir)
     if not source or isinstance(bundle, _Auto):
         return source or None
     t = time.perf_counter()
     try:
-        return source.load(area=record_area(bundle.finding), reference_date=analyze.study_date(loaded))
+        return analyze.read_record(source, bundle.finding, loaded)
     finally:
         times["record"] = time.perf_counter() - t
 
