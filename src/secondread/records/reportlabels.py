@@ -7,11 +7,19 @@ the ChestX-ray8 labeler were. Same tools as the note reader: medspaCy target rul
 uncertainty (medspaCy defaults + ``rules/context.json`` + ``rules/eval/context_negex.json`` +
 ``rules/eval/context_openi.json``).
 
-Conventions of the gold standard, mirrored here:
+Conventions of the gold standard, mirrored here. The gold labels are the report's OpenI MeSH major
+terms mapped to the 14 findings (checked on the dev split: each column is exactly one or two MeSH
+headings, e.g. Atelectasis = "Pulmonary Atelectasis", Pleural_Thickening = "Thickening", Emphysema =
+"Emphysema" or "Pulmonary Emphysema"), so the rules follow how those coders read a report:
 - a finding is 1 when the report affirms it (findings or impression); negated and hypothetical
   mentions do not count; historical ones do (a "stable" or "again seen" finding is still there);
-  whether an *uncertain* mention counts is chosen per finding on the dev split
-  (``uncertain_positive`` in the rule file);
+- hedges: "X versus Y" and "probable X" were coded X, "possibly X", "may represent X", "suggests X"
+  and differential lists were not (``rules/eval/context_openi.json`` swaps the notes' "versus" and
+  "probable" rules for these); ``uncertain_positive`` in the rule file can still make every
+  uncertain mention of a finding count;
+- neighbouring MeSH headings stay apart: "bullous emphysema" (Bullous Emphysema), "pleural
+  scarring" (Cicatrix), "enlarged cardiac silhouette" (Cardiac Shadow) and "volume loss" are not
+  Emphysema, Pleural_Thickening, Cardiomegaly or Atelectasis;
 - ``normal`` is 1 when the report affirms no abnormality at all: none of the 14 and none of the
   ``OTHER`` terms (granuloma, degenerative change, sternotomy, ...). In the gold file ``normal``
   equals the report's MeSH term "normal", i.e. nothing abnormal was coded;
@@ -105,7 +113,6 @@ def read_labels(path) -> tuple[list[str], list[dict]]:
 def build_labeler():
     """Tokenizer, PyRuSH sentences, finding target rules, ConText; built once per process."""
     import medspacy
-    from medspacy.context import ConTextRule
     from medspacy.ner import TargetRule
 
     from secondread.records.notes import rules_dir
@@ -113,15 +120,31 @@ def build_labeler():
     nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"])
     nlp.get_pipe("medspacy_target_matcher").add(TargetRule.from_json(str(rules_dir() / RULE_FILE)))
     context = nlp.add_pipe("medspacy_context", config={"rules": None})
-    defaults = ConTextRule.from_json(context.DEFAULT_RULES_FILEPATH)
-    replaced: set[str] = set()
-    extra = []
-    for name in CONTEXT_FILES:
-        path = rules_dir() / name
-        replaced |= set(json.loads(path.read_text(encoding="utf-8")).get("replace_defaults", []))
-        extra += ConTextRule.from_json(str(path))
-    context.add([r for r in defaults if r.literal not in replaced] + extra)
+    context.add(context_rules(context.DEFAULT_RULES_FILEPATH))
     return nlp
+
+
+def context_rules(default_rules_file: str) -> list:
+    """medspaCy's default ConText rules, then each of :data:`CONTEXT_FILES` in turn.
+
+    A file's ``replace_defaults`` drops default rules by literal (as for notes); its
+    ``replace_rules`` drops rules of *any* earlier source by literal. Why the second key: radiology
+    reports code hedges differently from discharge summaries ("atelectasis versus scarring" and
+    "probable effusion" are coded as present in the OpenI gold standard), so the labeler swaps a few
+    of the notes' rules for its own without touching what notes read.
+    """
+    from medspacy.context import ConTextRule
+
+    from secondread.records.notes import rules_dir
+
+    defaults = ConTextRule.from_json(default_rules_file)
+    data = [json.loads((rules_dir() / n).read_text(encoding="utf-8")) for n in CONTEXT_FILES]
+    replaced_defaults = set().union(*(d.get("replace_defaults", []) for d in data))
+    rules = [r for r in defaults if r.literal not in replaced_defaults]
+    for name, d in zip(CONTEXT_FILES, data):
+        drop = set(d.get("replace_rules", []))
+        rules = [r for r in rules if r.literal not in drop] + ConTextRule.from_json(str(rules_dir() / name))
+    return rules
 
 
 def report_text(row: dict) -> str:
