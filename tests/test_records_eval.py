@@ -2,7 +2,7 @@
 
 Metrics are checked against scikit-learn computed here independently; output files against the
 exact contract the CLI promises; figures against floors measured on the held-out split minus a
-margin (NegEx negated F1 0.976 and historical 0.677 held-out; OpenI micro 0.932, macro 0.881).
+margin (NegEx negated F1 0.976 and historical 0.721 held-out; OpenI micro 0.932, macro 0.881).
 """
 
 from __future__ import annotations
@@ -73,12 +73,33 @@ def test_negex_figures_above_measured_floor(negex_run):
     result, _ = negex_run
     assert result["n"] == 1584
     assert result["headline"]["negated_f1"]["f1"] >= 0.94
-    assert result["headline"]["historical_f1"]["f1"] >= 0.64
+    assert result["headline"]["historical_f1"]["f1"] >= 0.72  # measured 0.766
     split = negex.evaluate_split(NEGEX)
     assert split["heldout"]["headline"]["negated_f1"]["f1"] >= 0.94
     # the additions must beat medspaCy's defaults on the part never used for tuning
     base = negex.evaluate_split(NEGEX, additions=False)
-    assert split["heldout"]["headline"]["negated_f1"]["f1"] > base["heldout"]["headline"]["negated_f1"]["f1"]
+    for key in ("negated_f1", "historical_f1"):
+        assert split["heldout"]["headline"][key]["f1"] > base["heldout"]["headline"][key]["f1"]
+
+
+@pytest.mark.parametrize("sentence, condition, negation, temporality", [
+    # habits began long before the visit (Harkema 2009: > 14 days), affirmed or denied
+    ("Denies alcohol or DRUGS.", "drugs", "Negated", "Historical"),
+    ("The patient SMOKES CIGARETTES.", "smokes cigarettes", "Affirmed", "Historical"),
+    # a history trigger inside the condition counts (medspaCy never lets it modify its own target)
+    ("Past medical history of coronary artery disease, STATUS POST CABG, hypertension.", "status post CABG",
+     "Affirmed", "Historical"),
+    # a negation that names history is both
+    ("There was no history of a SEIZURE.", "seizure", "Negated", "Historical"),
+    # ... but not medspaCy's "presentation" trigger inside a finding, nor "complex medical history"
+    ("ABDOMEN: BOWEL SOUNDS ARE PRESENT, nontender.", "Bowel sounds are present", "Affirmed", "Recent"),
+    ("A woman with complex medical history who was admitted for LETHARGY.", "lethargy", "Affirmed", "Recent"),
+    ("Extremities reveal no peripheral cyanosis or EDEMA.", "edema", "Negated", "Recent"),
+])
+def test_negex_condition_cues(sentence, condition, negation, temporality):
+    row = {"line": "1", "condition": condition, "sentence": sentence}
+    got = negex.predict_rows([row])[0]
+    assert (got["negation"], got["temporality"]) == (negation, temporality)
 
 
 @pytest.mark.parametrize("content", ["", "line\tcondition\tsentence\n1\tx\ty\n",

@@ -13,6 +13,10 @@ that span becomes the only entity, the whole row is one sentence, and ConText's 
                  HISTORICAL                            -> Historical,     else Recent
     experiencer  FAMILY / OTHER_EXPERIENCER            -> Other,          else Patient
 
+With the additions, three condition-level cues from ``rules/eval/negex_temporality.json`` may also
+make a row Historical (:func:`_condition_cues`): habits (tobacco, alcohol, drugs), a history trigger
+inside the condition ("STATUS POST CABG"), and a negation that names history ("no history of").
+
 "Family member" in the gold file is scored as "Other" (ConText's experiencer is Patient vs Other;
 the test kit has 3 non-patient rows here), and "possible" does not occur, so POSSIBLE_EXISTENCE is
 Affirmed. Rows whose condition is not in their sentence (a quirk of the kit) get the defaults.
@@ -21,6 +25,7 @@ Affirmed. Rows whose condition is not in their sentence (a quirk of the kit) get
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -32,6 +37,7 @@ from secondread.errors import SecondreadError
 from secondread.records import metrics
 from secondread.records.notes import CONTEXT_RULE_FILES
 
+TEMPORALITY_FILE = "eval/negex_temporality.json"
 COLUMNS = ("line", "condition", "sentence", "negation", "temporality", "experiencer")
 OUT_COLUMNS = ("line", "negation", "temporality", "experiencer")
 VALUES = {
@@ -158,8 +164,45 @@ def predict_rows(rows: list[dict], additions: bool = True) -> list[dict]:
                     m.category for m in doc.ents[0]._.modifiers
                     if not (additions and _inside_negation(m, ent))
                 }
+                if additions:
+                    categories |= _condition_cues(doc, doc.ents[0], row["condition"])
         out.append({"line": row["line"], **_labels(categories)})
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def temporality_rules() -> dict:
+    """``rules/eval/negex_temporality.json``: the condition-level temporality cues (data, not code)."""
+    from secondread.records.notes import rules_dir
+
+    data = json.loads((rules_dir() / TEMPORALITY_FILE).read_text(encoding="utf-8"))
+    data["historical_conditions"] = [re.compile(p, re.IGNORECASE) for p in data["historical_conditions"]]
+    return data
+
+
+def _condition_cues(doc, target, condition: str) -> set[str]:
+    """HISTORICAL when the condition itself says so, which ConText cannot see.
+
+    Why: medspaCy never lets a trigger that overlaps the target modify it, and a history trigger
+    inside the target cuts the scope of the one before it ("past medical history of CAD, STATUS
+    POST CABG" ends up Recent). Three cues from ``negex_temporality.json``: a habit (tobacco,
+    alcohol, drugs: begun long before the visit, Harkema 2009's > 14 days); one of the
+    ``inside_triggers`` inside the condition; a negation trigger that names history ("no history
+    of seizure").
+    """
+    rules = temporality_rules()
+    if any(p.search(condition) for p in rules["historical_conditions"]):
+        return {"HISTORICAL"}
+    inside = set(rules["inside_triggers"])
+    history_words = {w.lower() for w in rules["negation_history_words"]}
+    for m in doc._.context_graph.modifiers:
+        start, end = m.modifier_span
+        words = {t.lower_ for t in doc[start:end]}
+        if m.category in _HISTORICAL and target.start <= start and end <= target.end and m.rule.literal in inside:
+            return {"HISTORICAL"}
+        if m in target._.modifiers and m.category in _NEGATED and words & history_words:
+            return {"HISTORICAL"}
+    return set()
 
 
 def _inside_negation(modifier, target) -> bool:
