@@ -108,6 +108,56 @@ def test_invented_content_is_dropped_for_the_deterministic_summary(server, recor
     assert reason in caplog.text and "Zarkovsky" not in caplog.text
 
 
+STANCE_FINDINGS = [{"label": "pneumonia", "probability": 0.8731, "positive": True},
+                   {"label": "pneumothorax", "probability": 0.04, "positive": False}]
+
+
+@pytest.fixture(scope="module")
+def plain_record():
+    """Fever and cough present, pleural effusion absent; nothing says pneumonia is absent."""
+    return merge_record(extract_facts("Fever and productive cough for three days. No pleural effusion."), None)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("There is no pneumonia; the patient has fever and cough.", "states pneumonia as absent"),
+    ("Pneumonia has been ruled out.", "states pneumonia as absent"),
+    ("Pneumonia is likely; the patient is afebrile.", "states fever as absent"),
+    ("Pneumonia with a pleural effusion.", "states pleural effusion as present"),
+    ("Pneumonia and a small pneumothorax.", "states pneumothorax as present"),
+])
+def test_opposite_stance_is_dropped_for_the_deterministic_summary(server, plain_record, answer, reason):
+    server.reply(content=answer)
+    summary = llm.summarise(plain_record, STANCE_FINDINGS, config(server))
+    assert summary.source == "deterministic"
+    assert summary.text == llm.deterministic_summary(plain_record, STANCE_FINDINGS)
+    assert summary.note.startswith("language model answer dropped by the guardrail") and reason in summary.note
+
+
+@pytest.mark.parametrize("answer", [
+    "The image model suggests pneumonia (87%), not pneumothorax; no pleural effusion; fever and cough.",
+    "Pneumonia is suggested. Pneumothorax is not suggested. The note mentions fever and cough but no effusion.",
+    "Possible pneumothorax is not excluded by the note; pneumonia is suggested.",  # uncertain: not compared
+])
+def test_same_stance_in_other_words_passes(server, plain_record, answer):
+    server.reply(content=answer)
+    assert llm.summarise(plain_record, STANCE_FINDINGS, config(server)).source == "llm"
+
+
+def test_deterministic_text_reads_back_with_its_own_stances(plain_record, record):
+    """The fallback must pass its own stance check, whatever stances the record holds (including the
+    wording that used to fail: "present: ...; absent: ..." made "absent" negate every concept before it)."""
+    note = extract_facts("Never smoker. Fever and productive cough. No pneumonia in the past. Mother had lung "
+                         "cancer. Possible tuberculosis. History of asthma. Afebrile today.")
+    for rec in (plain_record, record, merge_record(note, None)):
+        for findings in (STANCE_FINDINGS, FINDINGS, []):
+            facts = llm.structured_payload(rec, findings)
+            for text in (llm.deterministic_summary(rec, findings), llm.deterministic_explanation(findings, rec)):
+                assert llm.check_output(text, facts) == [], text
+    text = llm.deterministic_summary(plain_record, STANCE_FINDINGS)
+    assert llm.stated_stances(text) == {"pneumonia": {"affirmed"}, "pneumothorax": {"negated"}, "fever": {"affirmed"},
+                                        "cough": {"affirmed"}, "pleural_effusion": {"negated"}}
+
+
 def test_sizes_within_rounding_and_unit_conversion_pass(server, record):
     server.reply(content="Pneumonia (87%); the highlighted region is 2.3 cm wide and 30 mm high.")
     assert llm.summarise(record, FINDINGS, config(server)).source == "llm"

@@ -5,7 +5,9 @@ and the record's facts are what secondread measured; a language model can say th
 prose, but it can also invent a nodule, a side or a size. So its words are checked against the
 structured result before they reach a report: any finding or concept, laterality (left, right,
 bilateral), size or number with a unit, or reporting category (BI-RADS 4, Lung-RADS 3, ...) that the
-structured result does not contain gets the whole answer dropped, and the deterministic summary
+structured result does not contain, or a concept stated with the opposite stance ("no pneumonia"
+when the image model suggests it and nothing says it is absent; a finding asserted that the result
+has only as absent or negative), gets the whole answer dropped, and the deterministic summary
 (a template over the same structured data) is used instead, with the reason in ``Summary.note``.
 Time-outs, refused connections, HTTP errors and malformed JSON fall back the same way. Nothing
 here raises to the user once configured, and nothing logs record text (only one-line reasons).
@@ -340,7 +342,25 @@ def _stance(fact: dict) -> str:
 
 
 SMOKING_WORDS = {"present": "current smoker", "past": "former smoker", "absent": "never smoker",
-                 "possible": "possible smoker", "family history": "smoker in the family", "hypothetical": "smoking (hypothetical)"}
+                 "possible": "possible smoker", "family history": "family history of smoking",
+                 "hypothetical": "smoking if it occurs (hypothetical)"}
+# One sentence per stance, worded so that ConText reads each stance back as written (the guardrail
+# reads the deterministic text with the same rules as a model's): a list such as "present: fever;
+# absent: pneumonia" would let the backward trigger "absent" negate "fever" too.
+RECORD_SENTENCES = {
+    "present": "The record mentions {}.",
+    "past": "The record mentions a history of {}.",
+    "possible": "The record raises possible {}.",
+    "absent": "The record says no {}.",
+    "family history": "The record mentions a family history of {}.",
+}
+# Not "Smoking: never smoker": the guardrail would read the heading as a smoking affirmed.
+SMOKING_SENTENCE = "Recorded: {}."
+
+
+def template_list(stance: str, concepts: list[str]) -> str:
+    """``a, b`` or, for absent concepts, ``a, no b`` (every item under its own negation trigger)."""
+    return (", no " if stance == "absent" else ", ").join(concepts)
 
 
 def _words(concept: str) -> str:
@@ -370,12 +390,11 @@ def deterministic_summary(record_summary: dict | None, findings: list[dict] | No
             bucket = by_stance.setdefault(item["stance"], [])
         if words not in bucket:
             bucket.append(words)
-    order = ("present", "past", "possible", "absent", "family history")
-    record = [f"{stance}: {', '.join(by_stance[stance])}" for stance in order if by_stance.get(stance)]
+    for stance, template in RECORD_SENTENCES.items():
+        if by_stance.get(stance):
+            parts.append(template.format(template_list(stance, by_stance[stance])))
     if smoking:
-        record.append("smoking: " + ", ".join(smoking))
-    if record:
-        parts.append("Record: " + "; ".join(record) + ".")
+        parts.append(SMOKING_SENTENCE.format(", ".join(smoking)))
     for c in payload["contradictions"]:
         parts.append(f"The note and the coded record disagree on {_words(c['concept'])} "
                      f"(note: {c['note_says']}; record: {c['record_says']}).")
@@ -392,14 +411,17 @@ def deterministic_explanation(findings: list[dict] | None, record_summary: dict 
     for f in payload["findings"]:
         parts.append(_finding_sentence(f) + " The image model's calibrated probability and the operating "
                      "point it crosses decide the suggestion; the highlighted region shows where it looked.")
-    present = [SMOKING_WORDS[i["stance"]] if i["concept"] == "smoking" else _words(i["concept"])
-               for i in payload["record"]
-               if i["stance"] in ("present", "past") or (i["concept"] == "smoking" and i["stance"] == "absent")]
+    present = [_words(i["concept"]) for i in payload["record"]
+               if i["stance"] in ("present", "past") and i["concept"] != "smoking"]
+    smoking = [SMOKING_WORDS[i["stance"]] for i in payload["record"]
+               if i["concept"] == "smoking" and i["stance"] in ("present", "past", "absent")]
     absent = [_words(i["concept"]) for i in payload["record"] if i["stance"] == "absent" and i["concept"] != "smoking"]
     if present:
         parts.append("The record mentions " + ", ".join(dict.fromkeys(present)) + ".")
+    if smoking:
+        parts.append(SMOKING_SENTENCE.format(", ".join(dict.fromkeys(smoking))))
     if absent:
-        parts.append("The record says: no " + ", no ".join(dict.fromkeys(absent)) + ".")
+        parts.append("The record says no " + ", no ".join(dict.fromkeys(absent)) + ".")
     parts.append(DISCLAIMER)
     return " ".join(parts)
 
@@ -422,6 +444,7 @@ def guard_rules() -> dict[str, Any]:
 
     rules = json.loads((rules_dir() / "llm" / "guard.json").read_text(encoding="utf-8"))
     terms: dict[str, str] = {}
+    attributes: dict[str, dict] = {}  # "never smoker" -> {"is_negated": True}
     for area in areas():
         try:
             data = json.loads((rules_dir() / f"{area}.json").read_text(encoding="utf-8"))
@@ -434,10 +457,14 @@ def guard_rules() -> dict[str, Any]:
             concept = (rule.get("metadata") or {}).get("concept") or literal.lower()
             if rule.get("category") == "EXCLUDE":
                 concept = "other: " + literal.lower()  # "pericardial effusion" is not the pleural one
-            terms[literal if literal.isupper() else literal.lower()] = concept
+            key = literal if literal.isupper() else literal.lower()
+            terms[key] = concept
+            if rule.get("attributes"):
+                attributes[key] = dict(rule["attributes"])
     for word, concept in rules["terms"].items():
         terms.setdefault(word, concept)
     rules["all_terms"] = terms
+    rules["term_attributes"] = attributes
     ordered = sorted(terms, key=len, reverse=True)
     lower = [t for t in ordered if not t.isupper()]
     upper = [t for t in ordered if t.isupper()]
@@ -468,7 +495,8 @@ def check_output(text: str, facts: dict[str, Any]) -> list[str]:
     ``facts`` is :func:`structured_payload`'s output. Checked: concepts and findings (any mention,
     affirmed or not: a model that says "no pneumothorax" claims something nobody measured),
     lateralities, numbers with a unit (tolerating unit conversion and rounding, probabilities as
-    per cent), and reporting categories.
+    per cent), reporting categories, and stance (:func:`_stance_problems`: the text is read with
+    ConText, and the deterministic summary is worded so that it always reads back as it was meant).
     """
     rules = guard_rules()
     flat = json.dumps(facts)
@@ -490,7 +518,118 @@ def check_output(text: str, facts: dict[str, Any]) -> list[str]:
     for system, value in rules["category_re"].findall(text):
         if (system.lower().replace("-", "").replace(" ", ""), value.lower()) not in known:
             problems.append(f"states {system} {value}, not in the structured result")
+    problems += _stance_problems(text, facts, allowed)
     return problems
+
+
+# ---------------------------------------------------------------------------- guardrail: stance
+
+
+def _stance_problems(text: str, facts: dict, allowed: set[str]) -> list[str]:
+    """A concept the text states with the opposite polarity of everything the result says about it.
+
+    "No pneumonia" while the image model suggests pneumonia (and nothing says it is absent), or
+    "pneumothorax is present" while the record only has it as absent. Only affirmed and negated
+    mentions are compared; uncertain, hypothetical and family mentions, and concepts the result
+    has only as possible / hypothetical / family history, are not (no polarity to contradict).
+    """
+    support = _supported_stances(facts)
+    problems = []
+    for concept, stances in sorted(stated_stances(text).items()):
+        if concept not in allowed:
+            continue  # already reported as an invention
+        has = support.get(concept, set())
+        for stance in sorted(stances - has):
+            opposite = {"affirmed": "negated", "negated": "affirmed"}[stance]
+            if opposite in has:
+                said = "present" if stance == "affirmed" else "absent"
+                known = "absent" if stance == "affirmed" else "present"
+                problems.append(f"states {concept.replace('_', ' ')} as {said}, the structured result has it as {known}")
+    return problems
+
+
+_POLARITY = {"present": "affirmed", "past": "affirmed", "absent": "negated"}
+
+
+def _supported_stances(facts: dict) -> dict[str, set[str]]:
+    """Concept -> the polarities the structured result gives it (``affirmed``, ``negated``).
+
+    A positive image finding, a present or past record concept: affirmed. A negative finding, an
+    absent concept: negated. A contradiction between note and record: both.
+    """
+    rules = guard_rules()
+    support: dict[str, set[str]] = {}
+
+    def add(name: str, polarities: set[str]) -> None:
+        for concept in {name, name.replace("-", "_")} | mentioned_concepts(name.replace("_", " ")):
+            support.setdefault(concept, set()).update(polarities)
+
+    for f in facts.get("findings", []):
+        if isinstance(f.get("positive"), bool):
+            add(str(f.get("label") or ""), {"affirmed" if f["positive"] else "negated"})
+    for item in facts.get("record", []):
+        if item.get("stance") in _POLARITY:
+            add(str(item.get("concept") or ""), {_POLARITY[item["stance"]]})
+    for c in facts.get("contradictions", []):
+        add(str(c.get("concept") or ""), {"affirmed", "negated"})
+    malignant = set().union(*(support.get(c, set()) for c in rules["malignancy_concepts"]))
+    if malignant:
+        support.setdefault("malignancy", set()).update(malignant)
+    return support
+
+
+@functools.lru_cache(maxsize=1)
+def _stance_reader():
+    """Tokenizer, PyRuSH sentences and ConText with the notes' rules: the model's words are read
+    the way a note is, plus ``context_rules`` of ``rules/llm/guard.json`` (built once; the concept
+    spans come from the guardrail's own term list)."""
+    import medspacy
+    from medspacy.context import ConTextRule
+
+    from secondread.records.notes import add_context_rules
+
+    nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush"])
+    # A trigger inside a concept term belongs to the term ("never smoker" is a negated smoking by
+    # its own attributes) and must not negate the next concept ("never smoker, fever").
+    context = nlp.add_pipe("medspacy_context", config={"rules": None, "prune_on_target_overlap": True})
+    add_context_rules(context)
+    context.add([ConTextRule.from_dict(d) for d in guard_rules()["context_rules"]])
+    return nlp
+
+
+def stated_stances(text: str) -> dict[str, set[str]]:
+    """Concept -> polarities the text states it with: ``affirmed`` or ``negated``.
+
+    Concept spans are the guardrail's term matches (same as :func:`mentioned_concepts`); a term's
+    own attributes count ("never smoker" is a negated smoking, "former smoker" an affirmed one),
+    then ConText's modifiers. Uncertain, hypothetical and family mentions are left out.
+    """
+    from spacy.util import filter_spans
+
+    rules = guard_rules()
+    nlp = _stance_reader()
+    doc = nlp(text, disable=["medspacy_context"])
+    spans, term_of = [], {}
+    matches = list(rules["lower_re"].finditer(text))
+    if rules["upper_re"] is not None:
+        matches += list(rules["upper_re"].finditer(text))
+    lower_terms = {k.lower(): k for k in rules["all_terms"] if not k.isupper()}
+    for m in matches:
+        term = m.group(1) if m.group(1) in rules["all_terms"] else lower_terms[m.group(1).lower()]
+        span = doc.char_span(m.start(1), m.end(1), label=rules["all_terms"][term], alignment_mode="expand")
+        if span is not None:
+            spans.append(span)
+            term_of[(span.start, span.end)] = term
+    doc.ents = filter_spans(spans)
+    nlp.get_pipe("medspacy_context")(doc)
+    out: dict[str, set[str]] = {}
+    for ent in doc.ents:
+        own = rules["term_attributes"].get(term_of.get((ent.start, ent.end), ""), {})
+        flag = lambda name: bool(getattr(ent._, name) or own.get(name))  # noqa: E731
+        if flag("is_uncertain") or flag("is_hypothetical") or flag("is_family"):
+            continue
+        out.setdefault(ent.label_, set()).add("negated" if flag("is_negated") else "affirmed")
+    return out
 
 
 def _allowed_concepts(facts: dict) -> set[str]:
