@@ -2,7 +2,7 @@
 
 Metrics are checked against scikit-learn computed here independently; output files against the
 exact contract the CLI promises; figures against floors measured on the held-out split minus a
-margin (NegEx negated F1 0.976 and historical 0.721 held-out; OpenI micro 0.932, macro 0.881).
+margin (NegEx negated F1 0.976 and historical 0.726 held-out; OpenI micro 0.932, macro 0.881).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_negex_figures_above_measured_floor(negex_run):
     result, _ = negex_run
     assert result["n"] == 1584
     assert result["headline"]["negated_f1"]["f1"] >= 0.94
-    assert result["headline"]["historical_f1"]["f1"] >= 0.72  # measured 0.766
+    assert result["headline"]["historical_f1"]["f1"] >= 0.73  # measured 0.776
     split = negex.evaluate_split(NEGEX)
     assert split["heldout"]["headline"]["negated_f1"]["f1"] >= 0.94
     # the additions must beat medspaCy's defaults on the part never used for tuning
@@ -91,6 +91,11 @@ def test_negex_figures_above_measured_floor(negex_run):
      "Affirmed", "Historical"),
     # a negation that names history is both
     ("There was no history of a SEIZURE.", "seizure", "Negated", "Historical"),
+    # a nearer history trigger does not end the reach of the first; a relative clause does
+    ("A woman with a past medical history significant for chronic low-back pain as well as three BULGING DISKS.",
+     "bulging disks", "Affirmed", "Historical"),
+    ("A woman with a history of multiple sclerosis, who had been reported to have VAGINAL BLEEDING.",
+     "vaginal bleeding", "Affirmed", "Recent"),
     # ... but not medspaCy's "presentation" trigger inside a finding, nor "complex medical history"
     ("ABDOMEN: BOWEL SOUNDS ARE PRESENT, nontender.", "Bowel sounds are present", "Affirmed", "Recent"),
     ("A woman with complex medical history who was admitted for LETHARGY.", "lethargy", "Affirmed", "Recent"),

@@ -15,7 +15,8 @@ that span becomes the only entity, the whole row is one sentence, and ConText's 
 
 With the additions, three condition-level cues from ``rules/eval/negex_temporality.json`` may also
 make a row Historical (:func:`_condition_cues`): habits (tobacco, alcohol, drugs), a history trigger
-inside the condition ("STATUS POST CABG"), and a negation that names history ("no history of").
+inside the condition ("STATUS POST CABG"), a negation or family trigger that names history ("no
+history of"), and a history trigger whose reach only a nearer history trigger had cut.
 
 "Family member" in the gold file is scored as "Other" (ConText's experiencer is Patient vs Other;
 the test kit has 3 non-patient rows here), and "possible" does not occur, so POSSIBLE_EXISTENCE is
@@ -185,10 +186,11 @@ def _condition_cues(doc, target, condition: str) -> set[str]:
 
     Why: medspaCy never lets a trigger that overlaps the target modify it, and a history trigger
     inside the target cuts the scope of the one before it ("past medical history of CAD, STATUS
-    POST CABG" ends up Recent). Three cues from ``negex_temporality.json``: a habit (tobacco,
-    alcohol, drugs: begun long before the visit, Harkema 2009's > 14 days); one of the
-    ``inside_triggers`` inside the condition; a negation trigger that names history ("no history
-    of seizure").
+    POST CABG" ends up Recent). Cues from ``negex_temporality.json``: a habit (tobacco, alcohol,
+    drugs: begun long before the visit, Harkema 2009's > 14 days); one of the ``inside_triggers``
+    inside the condition; a negation or family trigger that names history ("no history of
+    seizure"); and any HISTORICAL trigger whose own reach covers the condition
+    (:func:`_covers_unless_terminated`).
     """
     rules = temporality_rules()
     if any(p.search(condition) for p in rules["historical_conditions"]):
@@ -200,9 +202,40 @@ def _condition_cues(doc, target, condition: str) -> set[str]:
         words = {t.lower_ for t in doc[start:end]}
         if m.category in _HISTORICAL and target.start <= start and end <= target.end and m.rule.literal in inside:
             return {"HISTORICAL"}
-        if m in target._.modifiers and m.category in _NEGATED and words & history_words:
+        if m in target._.modifiers and m.category in _NEGATED | _OTHER and words & history_words:
+            return {"HISTORICAL"}
+        if m.category in _HISTORICAL and _covers_unless_terminated(m, target, doc):
             return {"HISTORICAL"}
     return set()
+
+
+def _covers_unless_terminated(modifier, target, doc) -> bool:
+    """Whether ``modifier``'s own scope (direction, ``max_scope``, the row's one sentence) reaches
+    ``target`` with only terminations cutting it.
+
+    Why: medspaCy lets a trigger of the same category cut a scope ("past medical history
+    significant for chronic low-back pain and BULGING DISKS": "chronic" ends the reach of
+    "medical history"), which is right for counting modifiers but wrong for the attribute: the
+    nearer trigger is historical too, it just does not reach that far.
+    """
+    start, end = modifier.modifier_span
+    if start < target.end and target.start < end:
+        return False
+    direction = modifier.direction.lower()
+    forward = target.start >= end and direction in ("forward", "bidirectional")
+    backward = target.end <= start and direction in ("backward", "bidirectional")
+    if not (forward or backward):
+        return False
+    gap = target.start - end if forward else start - target.end
+    if modifier.max_scope is not None and gap >= modifier.max_scope:
+        return False
+    lo, hi = (end, target.start) if forward else (target.end, start)
+    for other in doc._.context_graph.modifiers:
+        o_start, o_end = other.modifier_span
+        stops = other.direction.upper() == "TERMINATE" or other.category.upper() in modifier.rule.terminated_by
+        if stops and lo <= o_start and o_end <= hi:
+            return False
+    return True
 
 
 def _inside_negation(modifier, target) -> bool:
