@@ -2,7 +2,7 @@
 
 Metrics are checked against scikit-learn computed here independently; output files against the
 exact contract the CLI promises; figures against floors measured on the held-out split minus a
-margin (NegEx negated F1 0.976 and historical 0.726 held-out; OpenI micro 0.937, macro 0.890).
+margin (NegEx negated F1 0.976 and historical 0.803 held-out; OpenI micro 0.937, macro 0.890).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_negex_figures_above_measured_floor(negex_run):
     result, _ = negex_run
     assert result["n"] == 1584
     assert result["headline"]["negated_f1"]["f1"] >= 0.94
-    assert result["headline"]["historical_f1"]["f1"] >= 0.73  # measured 0.776
+    assert result["headline"]["historical_f1"]["f1"] >= 0.78  # measured 0.829
     split = negex.evaluate_split(NEGEX)
     assert split["heldout"]["headline"]["negated_f1"]["f1"] >= 0.94
     # the additions must beat medspaCy's defaults on the part never used for tuning
@@ -96,6 +96,11 @@ def test_negex_figures_above_measured_floor(negex_run):
      "bulging disks", "Affirmed", "Historical"),
     ("A woman with a history of multiple sclerosis, who had been reported to have VAGINAL BLEEDING.",
      "vaginal bleeding", "Affirmed", "Recent"),
+    # a one-line diagnosis-list item naming a chronic disease began > 14 days before; an acute one did not
+    ("HYPERTENSION.", "Hypertension", "Affirmed", "Historical"),
+    ("CHRONIC OBSTRUCTIVE PULMONARY DISEASE EXACERBATION.", "chronic obstructive pulmonary disease exacerbation",
+     "Affirmed", "Recent"),
+    ("She was admitted with hypertension and CHEST PAIN.", "chest pain", "Affirmed", "Recent"),
     # ... but not medspaCy's "presentation" trigger inside a finding, nor "complex medical history"
     ("ABDOMEN: BOWEL SOUNDS ARE PRESENT, nontender.", "Bowel sounds are present", "Affirmed", "Recent"),
     ("A woman with complex medical history who was admitted for LETHARGY.", "lethargy", "Affirmed", "Recent"),

@@ -16,7 +16,8 @@ that span becomes the only entity, the whole row is one sentence, and ConText's 
 With the additions, three condition-level cues from ``rules/eval/negex_temporality.json`` may also
 make a row Historical (:func:`_condition_cues`): habits (tobacco, alcohol, drugs), a history trigger
 inside the condition ("STATUS POST CABG"), a negation or family trigger that names history ("no
-history of"), and a history trigger whose reach only a nearer history trigger had cut.
+history of"), a history trigger whose reach only a nearer history trigger had cut, and a one-line
+row that is only a chronic disease ("HYPERTENSION.", an item of a diagnosis list).
 
 "Family member" in the gold file is scored as "Other" (ConText's experiencer is Patient vs Other;
 the test kit has 3 non-patient rows here), and "possible" does not occur, so POSSIBLE_EXISTENCE is
@@ -178,6 +179,8 @@ def temporality_rules() -> dict:
 
     data = json.loads((rules_dir() / TEMPORALITY_FILE).read_text(encoding="utf-8"))
     data["historical_conditions"] = [re.compile(p, re.IGNORECASE) for p in data["historical_conditions"]]
+    for key in ("one_line_chronic", "one_line_acute"):
+        data[key] = re.compile(data[key], re.IGNORECASE)
     return data
 
 
@@ -189,11 +192,13 @@ def _condition_cues(doc, target, condition: str) -> set[str]:
     POST CABG" ends up Recent). Cues from ``negex_temporality.json``: a habit (tobacco, alcohol,
     drugs: begun long before the visit, Harkema 2009's > 14 days); one of the ``inside_triggers``
     inside the condition; a negation or family trigger that names history ("no history of
-    seizure"); and any HISTORICAL trigger whose own reach covers the condition
-    (:func:`_covers_unless_terminated`).
+    seizure"); any HISTORICAL trigger whose own reach covers the condition
+    (:func:`_covers_unless_terminated`); a one-line row naming a chronic disease (:func:`_one_line_chronic`).
     """
     rules = temporality_rules()
     if any(p.search(condition) for p in rules["historical_conditions"]):
+        return {"HISTORICAL"}
+    if _one_line_chronic(doc.text, condition):
         return {"HISTORICAL"}
     inside = set(rules["inside_triggers"])
     history_words = {w.lower() for w in rules["negation_history_words"]}
@@ -207,6 +212,13 @@ def _condition_cues(doc, target, condition: str) -> set[str]:
         if m.category in _HISTORICAL and _covers_unless_terminated(m, target, doc):
             return {"HISTORICAL"}
     return set()
+
+
+def _one_line_chronic(sentence: str, condition: str) -> bool:
+    """A row that is only the condition ("HYPERTENSION.") naming a chronic disease, not an acute one."""
+    rules = temporality_rules()
+    only = " ".join(sentence.split()).strip(" .;:").lower() == " ".join(condition.split()).strip(" .;:").lower()
+    return only and bool(rules["one_line_chronic"].search(condition)) and not rules["one_line_acute"].search(condition)
 
 
 def _covers_unless_terminated(modifier, target, doc) -> bool:
