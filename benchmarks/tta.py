@@ -58,7 +58,12 @@ from sklearn.metrics import roc_auc_score
 
 from secondread.evaluate import expected_calibration_error
 from secondread.io.medmnist import load_split, locate
-from secondread.models.bundle import batched_logits, calibrated, load_bundle, prepare_images
+from secondread.models.bundle import (
+    batched_logits,
+    calibrated,
+    load_bundle,
+    prepare_images,
+)
 from secondread.train import train_bundle
 
 DATA = {"pneumonia": "pneumoniamnist", "breast-us-28": "breastmnist", "adrenal-ct-3d": "adrenalmnist3d"}
