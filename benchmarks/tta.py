@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -177,8 +178,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundles", nargs="+", default=list(DATA), choices=list(DATA))
-    parser.add_argument("--data", type=Path, default=Path(__import__("os").environ.get("SECONDREAD_DATA",
-                                                                                        "../shared/data")))
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SECONDREAD_DATA", "../shared/data")))
     parser.add_argument("--ensemble", type=int, default=1, help="ensemble size (1 = no ensemble)")
     parser.add_argument("--ensemble-bundles", nargs="+", default=None,
                         help="bundles to build an ensemble for (default: all of --bundles)")
