@@ -137,6 +137,10 @@ def test_opposite_stance_is_dropped_for_the_deterministic_summary(server, plain_
     "The image model suggests pneumonia (87%), not pneumothorax; no pleural effusion; fever and cough.",
     "Pneumonia is suggested. Pneumothorax is not suggested. The note mentions fever and cough but no effusion.",
     "Possible pneumothorax is not excluded by the note; pneumonia is suggested.",  # uncertain: not compared
+    # a model's probability of a finding asserts neither presence nor absence: not compared, so a
+    # faithful "4 % probability of pneumothorax" on a negative finding is not dropped
+    "Pneumonia is suggested; the probability of pneumothorax is 4%, below the threshold.",
+    "The model gives a low probability of pneumothorax and suggests pneumonia.",
 ])
 def test_same_stance_in_other_words_passes(server, plain_record, answer):
     server.reply(content=answer)

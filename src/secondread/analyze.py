@@ -451,7 +451,8 @@ class Analysis:
     masks: np.ndarray | None = None   # boolean, the image's shape: every nodule candidate's voxels (for viewers)
 
 
-def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str | None = None) -> Analysis:
+def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, explain_with: str | None = None,
+            choice=None) -> Analysis:
     """Analyse a study already read (:func:`load_study`); write nothing.
 
     ``bundle`` None chooses the shipped model from the image (:func:`models.choose.choose_bundle`),
@@ -461,6 +462,10 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
     also gets ``sr.dcm``, ``seg.dcm`` (when there are masks) and ``sc.dcm`` (when there is an
     overlay), listed in ``report["dicom"]["files"]``.
 
+    ``choice``: a :class:`~secondread.models.choose.Choice` the caller already made for this image
+    (the batch's skip check, the service's bundle pool), so the choice is not made twice; with a
+    ``bundle`` it is only reported (``model.chosen``).
+
     Why separate from writing: the batch runner writes into its own staging folders (and Ray
     workers return bytes), while :func:`analyze_loaded` writes one report folder atomically.
     """
@@ -468,11 +473,11 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
         study = LoadedStudy(study)
     image = study.image
     image.check_usable()
-    choice = None
     if bundle is None:
-        from .models.choose import choose_bundle
+        if choice is None:
+            from .models.choose import choose_bundle
 
-        choice = choose_bundle(image)
+            choice = choose_bundle(image)
         if choice.name is None:
             found, skipped = lung_nodules(image)
             return Analysis(*_nodules_only(study, choice, found, skipped, record, llm), None, _union(found, image.shape))

@@ -115,12 +115,20 @@ class _Auto:
 AUTO = _Auto()
 
 
-def _skip_reason(image, bundle) -> str | None:
-    """Why this model has nothing to say about this image (a stated skip, not a failure)."""
-    if isinstance(bundle, _Auto):
-        from ..models.choose import choose_bundle
+def _auto_choice(image, bundle):
+    """For ``auto``, the model chosen for this image, made once: the skip check and
+    :func:`secondread.analyze.compose` share it. None for a named model."""
+    if not isinstance(bundle, _Auto):
+        return None
+    from ..models.choose import choose_bundle
 
-        choice = choose_bundle(image)
+    return choose_bundle(image)
+
+
+def _skip_reason(image, bundle, choice=None) -> str | None:
+    """Why this model has nothing to say about this image (a stated skip, not a failure);
+    ``choice`` is :func:`_auto_choice`'s for ``auto``."""
+    if isinstance(bundle, _Auto):
         no_reader = choice.name is None and not (image.modality == "CT" and image.pixels.ndim == 3)
         return choice.reason if no_reader else None
     model_dims = len(bundle.config.get("input_shape", [])) or 2
@@ -258,10 +266,11 @@ def _values(result: "analyze.Analysis", bundle) -> dict[str, Any]:
             "model_used": report["model"]["name"]}
 
 
-def _analyse_one(study: Study, loaded, bundle, record, times: dict, scratch: Path, out: Path | None):
+def _analyse_one(study: Study, loaded, bundle, record, times: dict, scratch: Path, out: Path | None,
+                 choice=None):
     timed = None if isinstance(bundle, _Auto) else _Timed(bundle)
     t = time.perf_counter()
-    result = analyze.compose(loaded, timed, record, LLM)
+    result = analyze.compose(loaded, timed, record, LLM, choice=choice)
     infer = timed.seconds if timed is not None else 0.0
     times["infer"], times["explain"] = infer, time.perf_counter() - t - infer
     values = _values(result, bundle)
@@ -320,14 +329,16 @@ def analyze_study(study: Study, bundles: dict[str, Any], scratch: str | os.PathL
     outcomes = []
     for bundle in bundles.values():
         per = dict(times)
-        reason = _skip_reason(image, bundle)
+        choice = _auto_choice(image, bundle)
+        reason = _skip_reason(image, bundle, choice)
         if reason:
             outcomes.append({"row": _row(study, bundle, "skipped", error=reason,
                                          **{f"t_{k}": v for k, v in per.items()}), "files": None})
             continue
         try:
             record = _record(study, loaded, bundle, per)
-            values, files = _analyse_one(study, loaded, bundle, record, per, scratch, None if out is None else Path(out))
+            values, files = _analyse_one(study, loaded, bundle, record, per, scratch, None if out is None else Path(out),
+                                         choice)
         except Exception as exc:  # noqa: BLE001
             reason = exc.problem if isinstance(exc, SecondreadError) else f"analysis failed ({type(exc).__name__})"
             outcomes.append({"row": _row(study, bundle, "failed", error=reason,

@@ -168,26 +168,26 @@ class Service:
         from ..report import write_report
         record = RecordSource(notes, fhir)  # read by analyze with the model's body area and the study date
         study = load_study(path)
-        name, chosen = self._choose(study.image)
+        name, choice = self._choose(study.image)
         with self.bundles.borrow(name) if name is not None else contextlib.nullcontext() as bundle:
-            result = compose(study, bundle, record)  # bundle None: a CT volume, the lung-nodule search alone
+            # bundle None: a CT volume, the lung-nodule search alone; the choice is reported as analyze does
+            result = compose(study, bundle, record, choice=choice)
             report = result.report
             write_report(report, out_dir, result.pictures, result.datasets)
-            if chosen is not None and name is not None:  # what analyze_image says when it chooses by itself
-                report["model"]["chosen"] = chosen
             if with_view:
                 report["view"] = self._make_view(study.image, bundle, report, result.masks)
         self._keep_dicom(report, out_dir)
         return report
 
-    def _choose(self, image) -> tuple[str | None, dict | None]:
+    def _choose(self, image):
         """The operator's ``--model``, else the project's choice for this image (we hold our own
-        bundle copies: a bundle explaining in two threads at once would mix their Grad-CAM hooks)."""
+        bundle copies: a bundle explaining in two threads at once would mix their Grad-CAM hooks).
+        Returns the bundle name and the :class:`~secondread.models.choose.Choice` (None for ``--model``)."""
         if self.settings.model:
             return self.settings.model, None
         from ..models.choose import choose_bundle
         choice = choose_bundle(image)
-        return choice.name, choice.to_dict()
+        return choice.name, choice
 
     def _make_view(self, image, bundle, report: dict, masks=None) -> dict[str, Any]:
         view = make_view(image, bundle, report, masks)
