@@ -152,3 +152,25 @@ def test_record_is_read_with_the_models_area_and_ages_on_the_study_date(data_roo
     assert report["record"]["demographics"]["age"] == expected["age"]
     assert report["record"]["demographics"]["age_at"] == "reference date"
     assert str(header.StudyDate) not in (tmp_path / "r" / "report.json").read_text()
+
+
+def test_a_record_source_is_read_once_per_area_and_date(tmp_path, monkeypatch):
+    """``analyze`` reads the record up front (to fail early) and again per image: the same
+    (area, study date) is read once, and each caller gets its own copy; another area is read anew."""
+    import datetime as dt
+
+    from secondread.records import merge
+
+    calls = []
+    real = merge.load_record
+    monkeypatch.setattr(merge, "load_record", lambda *a, **k: calls.append(k["area"]) or real(*a, **k))
+    note = tmp_path / "note.txt"
+    note.write_text("Former smoker, 30 pack-years. Fever and cough. No pleural effusion.\n")
+    source = merge.RecordSource(note)
+    first, again = source.load("chest"), source.load("chest")
+    assert first == again and first is not again and calls == ["chest"]
+    again["facts"].clear()
+    assert source.load("chest")["facts"] == first["facts"]
+    source.load("chest", dt.date(2020, 1, 2))
+    source.load("brain")
+    assert calls == ["chest", "chest", "brain"]

@@ -19,8 +19,9 @@ emphysema" answers a note's "no COPD").
 
 from __future__ import annotations
 
+import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from typing import Any
 
@@ -75,16 +76,26 @@ class RecordSource:
     image is given to (chosen per image when the user names none), and a FHIR age is the age on the
     study date, which is in the image's header. :func:`secondread.analyze.analyze_loaded` calls
     :meth:`load` with both.
+
+    One source is read once per (area, study date): ``analyze`` reads it up front to fail early and
+    again for each image, and a note takes ~0.1 s through medspaCy. The memory lives in the
+    instance (one command or request), never across calls, since a path may be rewritten later.
     """
 
     notes: str | os.PathLike | None = None
     fhir: str | os.PathLike | None = None
+    _read: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __bool__(self) -> bool:
         return self.notes is not None or self.fhir is not None
 
     def load(self, area: str = "chest", reference_date=None) -> dict[str, Any] | None:
-        return load_record(self.notes, self.fhir, area=area, reference_date=reference_date)
+        """The merged record read with ``area``'s rules and ages on ``reference_date`` (a copy:
+        callers may add to it)."""
+        key = (area, reference_date)
+        if key not in self._read:
+            self._read[key] = load_record(self.notes, self.fhir, area=area, reference_date=reference_date)
+        return copy.deepcopy(self._read[key])
 
 
 def load_record(notes_path=None, fhir_path=None, area: str = "chest",
