@@ -65,6 +65,8 @@ INPUT = 128
 ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16, 32, 64, 128],
              "strides": [2, 2, 2, 2], "num_res_units": 1}
 EPOCHS = 40
+SOFT_TARGETS = True
+"""Train on each input cell's lesion share rather than the binarised mask (see :func:`_small_masks`)."""
 BATCH = 8
 LR = 2e-3
 INFER_BATCH = 32
@@ -635,12 +637,18 @@ def _load_split(split: str, data_dir, patients: int | None = None) -> tuple[list
     return slices, masks, [s.patient for s in items], [s.id for s in items]
 
 
-def _small_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Expert masks at the input grid: area-averaged then >= 0.5 (a pixel is lesion if mostly lesion)."""
+def _small_masks(masks: list[np.ndarray], shape: tuple[int, int], soft: bool = False) -> np.ndarray:
+    """Expert masks at the input grid: the lesion share of each cell (area resize), then >= 0.5 (a
+    cell is lesion if mostly lesion) unless ``soft``.
+
+    Why soft targets for training: at 128 px a lesion a few pixels wide on the 256 px slice covers
+    no cell by half, so a binarised target erases exactly the small tumours at the top and bottom
+    of a tumour that the model misses; the share keeps them (BCE and soft Dice accept it)."""
     import cv2
 
-    return np.stack([cv2.resize(m.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
-                     for m in masks]).astype(np.float32)[:, None]
+    shares = np.stack([cv2.resize(m.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+                       for m in masks])
+    return (shares if soft else (shares >= 0.5)).astype(np.float32)[:, None]
 
 
 def _augment(seed: int):
@@ -803,7 +811,8 @@ def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     net = build_net(arch)
     _prior_bias(net)
     t_fit, c_fit = time.perf_counter(), time.process_time()
-    _, history, best_epoch = fit(_normalised(net, mean, std), tr01, _small_masks(tr_masks, shape), prepare_images(unit, va_slices),
+    _, history, best_epoch = fit(_normalised(net, mean, std), tr01, _small_masks(tr_masks, shape, soft=SOFT_TARGETS),
+                                 prepare_images(unit, va_slices),
                                  _small_masks(va_masks, shape), epochs=epochs, seed=seed, max_steps=max_steps, log=log)
     model = net.eval()
     train_seconds, train_cpu = time.perf_counter() - t_fit, time.process_time() - c_fit
