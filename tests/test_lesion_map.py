@@ -75,3 +75,15 @@ def test_bad_arguments_are_one_line_errors():
 
     with pytest.raises(SecondreadError, match="levels"):
         LesionMapNet(levels=1)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_shipped_brain_bundle_onnx_matches_torch_on_real_val_slices(data_root):
+    from secondread.datasets import lgg
+    from secondread.models.bundle import load_bundle
+
+    samples = lgg.samples(data_root, "val")[::8]
+    images = [s.image.pixels for s in samples]
+    torch_bundle, onnx_bundle = load_bundle("brain-mri-tumour"), load_bundle("brain-mri-tumour", backend="onnx")
+    assert torch_bundle.config["architecture"] == "lesion_map" and onnx_bundle.backend == "onnx"
+    assert np.abs(onnx_bundle.predict_proba(images) - torch_bundle.predict_proba(images)).max() < 1e-4
