@@ -67,7 +67,7 @@ def test_shipped_bundle_loads_by_name_and_its_validation_auc_is_reproduced(data_
     auc = roc_auc_score(y, bundle.predict_proba(images))
     assert auc == pytest.approx(bundle.metrics["auc"], abs=1e-9)
     assert bundle.metrics["n"] == len(y) and bundle.metrics["auc_ci95"][0] <= auc <= bundle.metrics["auc_ci95"][1]
-    assert auc >= 0.9  # the issue targets 0.95; the shipped recipe reaches 0.939 on validation
+    assert auc >= 0.95  # the issue's target (on test patients); the shipped recipe reaches 0.977 on validation
     assert sum(f.stat().st_size for f in bundle.path.iterdir()) < 5_000_000
 
 

@@ -27,19 +27,16 @@ Method (:func:`explain_sample`, :func:`map_regions`):
 - 95 % CIs: percentile bootstrap over patients (LGG) / women (mini-MIAS), seeded
   (:func:`secondread.localise._bootstrap_ci`): a patient's slices are not independent.
 
-Which layer (measured 2026-11-24, selection on ``train`` only, pointing game / top-3):
-the shipped ``gradcam_layer`` of the compact ResNets is the last stage (8 x 8 cells for the 64 px
-brain model, 16 x 16 for the 128 px mammography model); upsampled, its maximum can only fall on a
-cell centre 32 px apart on a 256 px slice, which misses small tumours the cell overlaps. On LGG
-train (348 tumour slices): last stage Grad-CAM 0.11 / 0.21, Grad-CAM++ 0.13 / 0.22; middle stage
-(``features.stage2_0.relu2``, 16 x 16) Grad-CAM 0.48 / 0.51, **Grad-CAM++ 0.51 / 0.58**; first
-stage 0.04 / 0.14. On LGG val (87 slices, 7 patients) the last stage scores 0.08 [0.02, 0.16] and
-the train-selected middle stage with Grad-CAM++ 0.71 [0.63, 0.79] (top-3 0.78 [0.69, 0.85]);
-baselines 0.14 (image centre), 0.01 (brain centroid). mammo-abnormal (val AUC 0.63) points at no
-lesion on val (0 / 17 at either layer; its peak lies in the breast on 8 of 17 images), under the
-image-centre baseline (1 / 17). The brain bundle now declares the train-selected map in its
-bundle.json (``"explain"``), so ``analyze`` shows it and the default here scores it;
-``layer=``/``method=`` score the alternatives.
+Which layer. The first brain classifier (an image-label compact ResNet at 64 px) had an 8 x 8
+last stage whose upsampled peak can only fall on cell centres 32 px apart on a 256 px slice; on LGG
+val it pointed at 0.08 [0.02, 0.16], and its best map chosen on train (middle stage, Grad-CAM++) at
+0.71 [0.63, 0.79]. The shipped ``brain-mri-tumour`` is now mask-supervised
+(:class:`secondread.models.nets.LesionMapNet`): Grad-CAM at its U-Net's output ``features`` is its
+own 128 px lesion map above the head's bias, declared in its bundle.json (``"explain"``), so
+``analyze`` shows it and the default here scores it: val 0.943 [0.87, 0.99], top-3 0.954 (measured
+2026-11-24; baselines 0.14 image centre, 0.01 brain centroid). mammo-abnormal (val AUC 0.63)
+points at no lesion on val (0 / 17; its peak lies in the breast on 8 of 17 images), under the
+image-centre baseline (1 / 17). ``layer=``/``method=`` score alternatives.
 
 Which data set scores which bundle is read from the bundle (``training.dataset``): LGG for
 ``brain-mri-tumour``, mini-MIAS for ``mammo-abnormal``. The breast *ultrasound* classifier

@@ -156,3 +156,74 @@ class CompactResNet(nn.Module):
 
 
 ARCHITECTURES["compact_resnet"] = CompactResNet
+
+
+class LesionMapNet(nn.Module):
+    """A fully convolutional lesion map whose image logit is the mean of the map's top ``top_k`` logits.
+
+    Why: where experts outlined the lesion on the training images, the outline is far richer
+    supervision than one label per image. A MONAI U-Net (``width``, 2x, 4x ... channels over
+    ``levels`` resolutions) gives ``map_channels`` features at the input's full size; a 1 x 1
+    convolution (``head``) turns them into a per-pixel lesion logit (trained against the masks),
+    and the image's logit is the mean of its ``top_k`` highest pixel logits (a soft max: an image
+    has the finding where its most lesion-like spot is). Temperature scaling then calibrates it
+    like every other bundle.
+
+    The map is also the explanation: Grad-CAM of the image logit at ``features`` (the U-Net's
+    output, the layer :attr:`gradcam_layer` names) weights each feature channel by the head's
+    weight (the pooled gradient), so the CAM is the lesion logit map itself above the head's bias,
+    at the input's resolution instead of an 8 x 8 grid.
+
+    Parameters
+    ----------
+    in_channels : int
+    width : int
+        Channels at full resolution (the U-Net's first level).
+    levels : int
+        Resolutions (each halves the previous); the input side must divide by ``2 ** (levels - 1)``.
+    num_res_units : int
+        Residual units per U-Net block (MONAI).
+    map_channels : int
+        Feature channels of the map before the head.
+    top_k : int
+        Pixels whose logits are averaged into the image logit.
+    prior : float
+        Initial lesion probability of a pixel (the head's bias): starts the map near "nothing here".
+
+    Example
+    -------
+    >>> LesionMapNet(width=4, levels=3)(torch.zeros(2, 1, 32, 32)).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 8, levels: int = 5, num_res_units: int = 1,
+                 map_channels: int = 8, top_k: int = 8, prior: float = 0.01):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        if int(levels) < 2 or int(top_k) < 1:
+            raise SecondreadError(None, f"LesionMapNet needs levels >= 2 and top_k >= 1 (got {levels}, {top_k})")
+        self.features = UNet(spatial_dims=2, in_channels=int(in_channels), out_channels=int(map_channels),
+                             channels=[int(width) * 2 ** i for i in range(int(levels))],
+                             strides=[2] * (int(levels) - 1), num_res_units=int(num_res_units))
+        self.head = nn.Conv2d(int(map_channels), 1, 1)
+        with torch.no_grad():
+            self.head.bias.fill_(float(torch.logit(torch.tensor(float(prior)))))
+        self.top_k = int(top_k)
+        self.gradcam_layer = "features"
+
+    def lesion_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel lesion logits ``[N, 1, H, W]`` (what the masks supervise)."""
+        return self.head(self.features(x))
+
+    def pool(self, pixel_logits: torch.Tensor) -> torch.Tensor:
+        """Image logits ``[N]``: mean of each map's ``top_k`` highest pixel logits."""
+        flat = pixel_logits.flatten(1)
+        return torch.topk(flat, min(self.top_k, flat.shape[1]), dim=1).values.mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]`` float; returns ``[N]`` logits."""
+        return self.pool(self.lesion_logits(x))
+
+
+ARCHITECTURES["lesion_map"] = LesionMapNet
