@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export SECONDREAD_DATA ?= $(abspath ../shared/data)
+# PyTorch's OpenMP threads busy-wait by default: on 2 shared cores that made a training step ~60x
+# slower under load. Passive waiting changes no result, only who gets the CPU.
+export OMP_WAIT_POLICY ?= PASSIVE
 # torch 2.13.0 (CPU) is a wheel on this machine's disk; point pip at it when the folder exists.
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
