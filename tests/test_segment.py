@@ -159,6 +159,40 @@ def test_shipped_bundle_on_real_val_slices():
     assert sum(p < 50 for p in pixels) >= len(empty) - 1, pixels
 
 
+def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probability(lgg_dir, tmp_path):
+    """``--seeds 0,1 --average-last 2``: one bundle (one state dict) that loads and segments like any
+    other; its probability equals the mean of two U-Nets rebuilt independently from the weights."""
+    import torch
+    from monai.networks.nets import UNet
+
+    out = tmp_path / "ens"
+    segment.train_seg(out, lgg_dir.parents[1], epochs=2, train_patients=2, val_patients=1, arch_args=TINY_ARCH,
+                      max_steps=4, seeds=(0, 1), average_last=2)
+    b = segment.load_seg_bundle(out)
+    assert b.config["members"] == 2 and b.config["training"]["seeds"] == [0, 1]
+    state = torch.load(out / segment.WEIGHTS_FILE, weights_only=True)
+    members = []
+    for k in range(2):
+        net = UNet(**TINY_ARCH)
+        net.load_state_dict({n.removeprefix(f"members.{k}."): v for n, v in state.items() if n.startswith(f"members.{k}.")})
+        members.append(net.eval())
+    px = _png(lgg_dir / VAL_PATIENT / f"{VAL_PATIENT}_12_flair.png")
+    x = torch.from_numpy(segment._prepare(b.preprocessing, [px]))
+    with torch.no_grad():
+        expected = np.mean([torch.sigmoid(m(x)).numpy() for m in members], axis=0)
+        got = torch.sigmoid(b.model(x)).numpy()
+    assert np.allclose(got, np.clip(expected, 1e-6, 1 - 1e-6), atol=1e-5)
+    mask, _ = segment.segment_image(Image(px, modality="MR"), b)
+    assert mask.shape == px.shape
+
+
+def test_weight_average_is_the_elementwise_mean():
+    import torch
+
+    a, c = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
+    assert segment._mean_state([a, c])["w"].tolist() == [2.0, 4.0]
+
+
 def test_image_with_spacing_gives_mm(tiny_bundle, lgg_dir):
     bundle = segment.load_seg_bundle(tiny_bundle)
     px = _png(lgg_dir / VAL_PATIENT / f"{VAL_PATIENT}_12_flair.png")

@@ -66,6 +66,11 @@ INPUT = 128
 ARCH_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16, 32, 64, 128],
              "strides": [2, 2, 2, 2], "num_res_units": 1}
 EPOCHS = 40
+SEEDS = (SEED,)
+"""One U-Net per seed; more than one makes a seed ensemble (:func:`mean_of_members`)."""
+AVERAGE_LAST = 0
+"""0: keep each member's epoch best on val. k > 0: each member's weights are the mean of its last k
+epochs' weights (SWA-style; no epoch chosen on val)."""
 DICE_PER_IMAGE = False
 """Dice loss per slice (then averaged) rather than over the whole batch: the headline figure is the
 *mean per-slice* Dice on tumour slices, where a small tumour counts as much as a large one, while a
@@ -90,14 +95,38 @@ DISCLAIMER = "Decision support only, not a diagnosis: outlines must be reviewed 
 
 
 # ============================================================================ the bundle
-def build_net(arch_args: dict):
-    """The MONAI U-Net described by ``arch_args`` (a bundle stores them as data, never pickled code)."""
+def build_net(arch_args: dict, members: int = 1):
+    """The MONAI U-Net described by ``arch_args`` (a bundle stores them as data, never pickled code),
+    or ``members`` of them averaged by :func:`mean_of_members` (a seed ensemble)."""
     from monai.networks.nets import UNet
 
     try:
-        return UNet(**arch_args)
+        nets = [UNet(**arch_args) for _ in range(max(1, int(members)))]
     except (TypeError, ValueError, AssertionError) as exc:
         raise SecondreadError(None, f"bad U-Net arguments ({type(exc).__name__}: {exc})") from None
+    return nets[0] if len(nets) == 1 else mean_of_members(nets)
+
+
+def mean_of_members(nets: list):
+    """One module whose logit is that of the members' mean probability.
+
+    Why inside ``forward``: an ensemble then stays ONE bundle (one state dict, ``members.<k>.*``)
+    that ``segment``, ``analyze``, the service and the benchmark load and run unchanged, and that
+    ONNX can still trace (sigmoid, mean, log only). Averaging probabilities rather than logits keeps
+    one confident member from overruling the others.
+    """
+    import torch
+
+    class MeanOfMembers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = torch.nn.ModuleList(nets)
+
+        def forward(self, x):
+            p = torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(0).clamp(1e-6, 1 - 1e-6)
+            return torch.log(p) - torch.log1p(-p)
+
+    return MeanOfMembers()
 
 
 @dataclass
@@ -167,7 +196,7 @@ def load_seg_bundle(name_or_path: str | os.PathLike) -> SegBundle:
         raise SecondreadError(folder / CONFIG_FILE, f"missing key(s): {', '.join(missing)}")
     if config["architecture"] != ARCHITECTURE:
         raise SecondreadError(folder / CONFIG_FILE, f"unknown architecture {config['architecture']!r}")
-    model = build_net(config["arch_args"])
+    model = build_net(config["arch_args"], config.get("members", 1))
     try:
         model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     except FileNotFoundError:
@@ -704,7 +733,8 @@ def _val_masks(model, x: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> d
 
 def fit(model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *,
         epochs: int = EPOCHS, seed: int = SEED, batch: int = BATCH, lr: float = LR,
-        max_steps: int | None = None, log: Callable[[str], None] | None = None):
+        max_steps: int | None = None, log: Callable[[str], None] | None = None,
+        snapshots: dict[int, dict] | None = None, snapshot_last: int = 0):
     """Train ``model`` (Dice + BCE, AdamW, one-cycle schedule); keep the epoch best on validation.
 
     Each epoch sees every tumour slice and as many slices without tumour, drawn afresh (a third of
@@ -713,7 +743,8 @@ def fit(model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_
 
     ``train_x``/``val_x`` are slices in [0, 1] at the input grid (``[N, 1, h, w]``), before the final
     fixed normalisation, which ``model`` applies itself: rotations then pad with true background (0).
-    Returns ``(model, history, best_epoch)``.
+    ``snapshots`` (a dict), if given, receives a copy of the weights after each of the last
+    ``snapshot_last`` epochs (for weight averaging). Returns ``(model, history, best_epoch)``.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -752,6 +783,8 @@ def fit(model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_
             log(json.dumps(history[-1]))
         if v["score"] > best:
             best, best_state, best_epoch = v["score"], copy.deepcopy(model.state_dict()), epoch
+        if snapshots is not None and epoch > epochs - snapshot_last:
+            snapshots[epoch] = copy.deepcopy(model.state_dict())
         if step >= total:
             break
     model.load_state_dict(best_state)
@@ -789,7 +822,7 @@ def _spec(mean: float, std: float) -> list[dict]:
 
 
 def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, epochs: int = EPOCHS,
-              seed: int = SEED, train_patients: int | None = None, val_patients: int | None = None,
+              seeds: tuple[int, ...] = SEEDS, average_last: int = AVERAGE_LAST, train_patients: int | None = None, val_patients: int | None = None,
               arch_args: dict | None = None, max_steps: int | None = None, threads: int = THREADS,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``brain-mri-seg`` on LGG ``train``, choose epoch/threshold/speck size on ``val``, score
@@ -814,20 +847,29 @@ def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     arch = dict(arch_args or ARCH_ARGS)
 
     torch.set_num_threads(threads)
-    set_determinism(seed=seed)
-    torch.manual_seed(seed)
-    net = build_net(arch)
-    _prior_bias(net)
+    tr_y, va_x, va_y = _small_masks(tr_masks, shape, soft=SOFT_TARGETS), prepare_images(unit, va_slices), _small_masks(va_masks, shape)
     t_fit, c_fit = time.perf_counter(), time.process_time()
-    _, history, best_epoch = fit(_normalised(net, mean, std), tr01, _small_masks(tr_masks, shape, soft=SOFT_TARGETS),
-                                 prepare_images(unit, va_slices),
-                                 _small_masks(va_masks, shape), epochs=epochs, seed=seed, max_steps=max_steps, log=log)
-    model = net.eval()
+    nets, histories, best_epochs = [], [], []
+    for seed in seeds:
+        set_determinism(seed=seed)
+        torch.manual_seed(seed)
+        net = build_net(arch)
+        _prior_bias(net)
+        snaps: dict[int, dict] = {}
+        _, history, best_epoch = fit(_normalised(net, mean, std), tr01, tr_y, va_x, va_y, epochs=epochs, seed=seed,
+                                     max_steps=max_steps, log=log, snapshots=snaps, snapshot_last=average_last)
+        if average_last and snaps:
+            net.load_state_dict(_mean_state([{k.removeprefix("net."): v for k, v in st.items()} for st in snaps.values()]))
+        nets.append(net.eval())
+        histories.append(history)
+        best_epochs.append(best_epoch)
+    model = (nets[0] if len(nets) == 1 else mean_of_members(nets)).eval()
+    history, best_epoch = histories[0] if len(nets) == 1 else histories, best_epochs[0] if len(nets) == 1 else best_epochs
     train_seconds, train_cpu = time.perf_counter() - t_fit, time.process_time() - c_fit
     config: dict[str, Any] = {
         "name": NAME, "task": TASK, "version": time.strftime("%Y.%m.%d"), "created": time.strftime("%Y-%m-%d"),
         "finding": "FLAIR abnormality (lower-grade glioma)", "modalities": ["MR", "OT"],
-        "architecture": ARCHITECTURE, "arch_args": arch, "input_shape": list(shape), "preprocessing": spec,
+        "architecture": ARCHITECTURE, "arch_args": arch, "members": len(nets), "input_shape": list(shape), "preprocessing": spec,
         "threshold": 0.5, "min_region_px": 0}
     bundle = SegBundle(path=Path(out), config=config, model=model, sha256="")
     chosen = choose_postprocessing(bundle, va_slices, va_masks)
@@ -847,7 +889,10 @@ def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                                         "on val", "best_epoch": best_epoch, "grid": chosen["grid"]}
     config["training"] = {"dataset": "lgg", "split_used": "train", "n_train": len(tr_slices),
                           "n_train_tumour": int(sum(m.any() for m in tr_masks)), "n_val": len(va_slices),
-                          "epochs": epochs, "batch": BATCH, "lr": LR, "seed": seed, "threads": threads,
+                          "epochs": epochs, "batch": BATCH, "lr": LR, "seeds": list(seeds), "threads": threads,
+                          "weights": (f"mean of the last {average_last} epochs' weights" if average_last
+                                      else "epoch best on val") + (f", {len(nets)} seeds averaged (mean probability)"
+                                                                   if len(nets) > 1 else ""),
                           "loss": f"MONAI DiceCELoss(sigmoid, batch={not DICE_PER_IMAGE})", "optimizer": "AdamW + OneCycle",
                           "sampling": "per epoch: every tumour slice + as many random empty slices",
                           "augmentation": "RandAffine (rotate +-15 deg, scale +-10 %, shift 8 px, p 0.8), "
@@ -858,6 +903,12 @@ def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     config["card"] = _card_facts()
     save_seg_bundle(out, model, config)
     return config
+
+
+def _mean_state(states: list[dict]) -> dict:
+    """Element-wise mean of state dicts (weight averaging; the U-Net has instance norm, so no batch
+    statistics need recomputing afterwards)."""
+    return {k: sum(st[k].float() for st in states) / len(states) for k in states[0]}
 
 
 def _prior_bias(net, prior: float = 0.02) -> None:
@@ -1006,10 +1057,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ZOO / NAME))
     p.add_argument("--data", default=None, help="data root (default $SECONDREAD_DATA)")
     p.add_argument("--epochs", type=int, default=EPOCHS)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seeds", type=lambda v: tuple(int(x) for x in v.split(",")), default=SEEDS,
+                   help="comma-separated seeds, one U-Net each (default %(default)s)")
+    p.add_argument("--average-last", type=int, default=AVERAGE_LAST,
+                   help="average each member's last K epochs' weights instead of the val-best epoch")
     args = p.parse_args(argv)
     try:
-        config = train_seg(args.out, args.data, epochs=args.epochs, seed=args.seed,
+        config = train_seg(args.out, args.data, epochs=args.epochs, seeds=args.seeds, average_last=args.average_last,
                            log=lambda line: print(line, flush=True))
     except SecondreadError as exc:
         print(f"secondread: error: {exc.message}", file=sys.stderr)
