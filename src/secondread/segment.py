@@ -828,7 +828,10 @@ def train_seg(out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     """Train ``brain-mri-seg`` on LGG ``train``, choose epoch/threshold/speck size on ``val``, score
     ``val`` with the shipped pipeline and write the bundle to ``out``. Returns its config.
 
-    ``train_patients``/``val_patients``/``max_steps`` make the tiny versions the tests train.
+    ``seeds``: one U-Net per seed, several averaged into one module (:func:`mean_of_members`);
+    ``average_last``: each member's weights averaged over its last k epochs instead of the val-best
+    epoch. Neither beat the single val-best seed-2024 U-Net on val (README, 2026-11-24), hence the
+    defaults. ``train_patients``/``val_patients``/``max_steps`` make the tiny versions the tests train.
     """
     import torch
     from monai.utils import set_determinism
