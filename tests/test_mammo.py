@@ -101,7 +101,8 @@ def test_tiny_detector_training_is_deterministic_and_a_complete_bundle(tiny, fol
     wa, wb = (torch.load(root / n / "weights.pt", weights_only=True) for n in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["metrics"] == b["metrics"] and a["localisation"] == b["localisation"]
-    assert a["history"] if "history" in a else a["training"]["history"][-1]["loss"] < a["training"]["history"][0]["loss"]
+    losses = [h["loss"] for h in a["training"]["history"]]
+    assert losses[-1] < losses[0]  # it learns (the seeded run is the same every time)
     for name in ("bundle.json", "weights.pt", "model.onnx", "model_card.md", "reliability.png"):
         assert (root / "a" / name).is_file()
     assert len(a["data_source"]["train_patients"]) == 12 and not set(a["data_source"]["train_patients"]) & set(

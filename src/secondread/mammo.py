@@ -120,18 +120,25 @@ def augment_with_targets(x: torch.Tensor, t: torch.Tensor, gen: torch.Generator)
 
 # ----------------------------------------------------------------------------- training
 def detector_loss(heat: torch.Tensor, target: torch.Tensor, located: torch.Tensor, label: torch.Tensor,
-                  pos_weight: float, image_weight: float) -> torch.Tensor:
-    """Weighted per-cell BCE on located images + ``image_weight`` x BCE of the map's maximum."""
+                  pos_weight: float, image_weight: float, located_image_weight: float = 1.0) -> torch.Tensor:
+    """Weighted per-cell BCE on located images + ``image_weight`` x BCE of the map's maximum.
+
+    ``located_image_weight`` scales the image term of images whose lesion is located: pushing up
+    the map's maximum there rewards whichever cell is highest, right or wrong, so the recipe can
+    leave those images to the cell term and keep the image term for normal images (push the
+    strongest false alarm down) and unlocated lesions (somewhere there is one)."""
     weight = (1 + pos_weight * target) * located.view(-1, 1, 1, 1)
     cells = F.binary_cross_entropy_with_logits(heat, target, weight=weight, reduction="sum")
     cells = cells / weight.sum().clamp_min(1.0)
-    image = F.binary_cross_entropy_with_logits(heat.flatten(1).amax(dim=1), label)
+    per_image = torch.where((located > 0) & (label > 0), located_image_weight, 1.0)
+    image = F.binary_cross_entropy_with_logits(heat.flatten(1).amax(dim=1), label, weight=per_image)
     return cells + image_weight * image
 
 
 def fit_detector(model, x: np.ndarray, targets: np.ndarray, located: np.ndarray, labels: np.ndarray, *,
                  epochs: int, batch_size: int, lr: float, weight_decay: float, pos_weight: float,
-                 image_weight: float, seed: int, progress: bool = False, monitor=None) -> list[dict]:
+                 image_weight: float, seed: int, progress: bool = False, monitor=None,
+                 located_image_weight: float = 1.0, monitor_every: int = 1) -> list[dict]:
     """AdamW with a cosine schedule for ``epochs`` (no early stopping); returns the loss history.
 
     ``monitor(model) -> dict``, when given, is called after each epoch and its figures go into the
@@ -151,14 +158,15 @@ def fit_detector(model, x: np.ndarray, targets: np.ndarray, located: np.ndarray,
             if len(idx) < 2:
                 continue  # batch norm cannot train on a single image
             xb, tb = augment_with_targets(xt[idx], tt[idx], gen)
-            loss = detector_loss(model.heatmap(xb), tb, lt[idx], yt[idx], pos_weight, image_weight)
+            loss = detector_loss(model.heatmap(xb), tb, lt[idx], yt[idx], pos_weight, image_weight,
+                                 located_image_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        history.append({"epoch": epoch, "loss": round(total / len(xt), 5),
-                        **(monitor(model) if monitor is not None else {})})
+        watch = monitor is not None and (epoch % monitor_every == 0 or epoch == epochs)
+        history.append({"epoch": epoch, "loss": round(total / len(xt), 5), **(monitor(model) if watch else {})})
     return history
 
 
@@ -243,7 +251,8 @@ def _fit_on(info: dict, opt: dict, args: dict, samples, pixels, labels, seed: in
                            batch_size=int(opt["batch_size"]), lr=float(opt["lr"]),
                            weight_decay=float(opt["weight_decay"]), pos_weight=float(opt["pos_weight"]),
                            image_weight=float(opt["image_weight"]), seed=seed, progress=progress,
-                           monitor=monitor)
+                           monitor=monitor, located_image_weight=float(opt.get("located_image_weight", 1.0)),
+                           monitor_every=int(opt.get("monitor_every", 1)))
     return model, spec, x, history
 
 

@@ -33,8 +33,9 @@ from skimage import feature, filters, transform
 CROP = 64
 FACTOR = 3.0
 MIN_SIDE = 64
-C = 0.3
-"""Inverse L2 strength of the logistic regression (chosen by the folds among 0.03, 0.3, 3)."""
+C = 0.03
+"""Inverse L2 strength of the logistic regression, chosen on the folds among 0.03, 0.3 and 3 (CV AUC
+0.619, 0.582, 0.597): the strongest regularisation, as expected with 93 images and 17 features."""
 FEATURES = ("inner_mean", "ring_mean", "contrast", "inner_std", "ring_std", "glcm_contrast_1",
             "glcm_homogeneity_1", "glcm_energy_1", "glcm_correlation_1", "glcm_contrast_4",
             "glcm_homogeneity_4", "glcm_energy_4", "glcm_correlation_4", "ring_gradient",

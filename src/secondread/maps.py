@@ -295,7 +295,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     seconds = time.perf_counter() - start
     return {"model": bundle.name, "dataset": dataset, "split": split, "summary": summarise(per_image),
             **({"splits": _per_split(dataset, per_image)} if split == "all" else {}),
-            "per_image": per_image, "map": f"{method or bundle.explain_method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak",
+            "per_image": per_image, "map": _map_name(bundle, layer, method),
             "hit_rule": ("pointing game = the map's global maximum inside the expert lesion; top-k = any of the "
                          "k strongest regions' centres inside it (" + ("within a circle's radius" if dataset ==
                                                                       "mini-mias" else "on the mask") + ")"),
@@ -305,6 +305,13 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             "predictions": None if predictions is None else str(predictions),
             "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(per_image), 4),
             "disclaimer": DISCLAIMER}
+
+
+def _map_name(bundle, layer: str | None, method: str | None) -> str:
+    method = method or bundle.explain_method
+    if method == "heatmap":
+        return "the detector's own lesion map, candidates = its peaks after non-maximum suppression"
+    return f"{method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak"
 
 
 def _regions(heat: np.ndarray, top_k: int, method: str) -> list[Region]:

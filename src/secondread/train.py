@@ -297,14 +297,18 @@ DATASETS["mini-mias"] = {
                          "architectural distortion or asymmetry), for a qualified reader to review. Not a "
                          "diagnosis and not a medical device."),
         "data": ("mini-MIAS (Suckling et al. 1994): digitised MLO mammograms, 1024 x 1024 px at 200 micron, "
-                 "resized to 128 x 128; label 1 when Info.txt lists any abnormality (benign or malignant). "
-                 "Split by woman (both breasts together; datasets/splits/mini-mias.json)."),
+                 "resized to 256 x 256; trained as a lesion detector on the experts' circles (centre and "
+                 "radius of each abnormality, a Gaussian blob per circle on a 32 x 32 map); the image's "
+                 "probability is the map's maximum, label 1 when Info.txt lists any abnormality (benign or "
+                 "malignant). Split by woman (both breasts together; datasets/splits/mini-mias.json)."),
         "licence": "MIAS licence: research use only, no resale; cite the database",
         "citation": ("J. Suckling et al. The Mammographic Image Analysis Society Digital Mammogram Database. "
                      "Excerpta Medica, International Congress Series 1069 (1994) 375-378."),
         "limits": [
-            "Trained on about 140 images at 128 x 128 px: microcalcifications are invisible at this size and "
-            "the model is weak; the confidence interval is wide.",
+            "Trained on 142 images (76 with a located lesion) at 256 x 256 px (4 px = 0.8 mm per pixel): "
+            "microcalcifications are invisible at this size, and both the abnormal/normal AUC and the "
+            "localisation (top-3 hit rate) are weak, with wide confidence intervals.",
+            "Its map marks where it sees a lesion-like region; a cold map does not exclude a lesion.",
             "1990s screen-film mammograms from one UK programme; digital mammography is untested.",
             "Normal images are under-represented in this subset (the folder keeps all abnormal images).",
             _VAL_LIMIT.replace("the official test split was", "the test women were"),
