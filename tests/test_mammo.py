@@ -195,3 +195,10 @@ def test_severity_features_see_a_bright_disc_and_the_bootstrap_brackets_the_auc(
     women = [f"w{i // 2}" for i in range(40)]
     lo, hi = women_auc_ci(y, p, women)
     assert lo <= roc_auc_score(y, p) <= hi
+
+
+def test_shipped_detector_onnx_matches_torch(folder):
+    pytest.importorskip("onnxruntime")
+    images = [s.image.pixels for s in minimias.samples(folder.parents[1], "val")[:6]]
+    torch_p = load_bundle("mammo-abnormal").predict_proba(images)
+    assert np.abs(load_bundle("mammo-abnormal", backend="onnx").predict_proba(images) - torch_p).max() < 1e-4

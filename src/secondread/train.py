@@ -275,8 +275,9 @@ DATASETS["lgg"] = {
 
 
 # mini-MIAS: 142 training images. The bundle is a lesion detector trained on the experts' circles
-# (secondread.mammo): its map is the explanation and its top heat the image probability. Recipe chosen
-# by 5-fold cross-validation over the training women (secondread.mammo.cross_validate_detector).
+# (secondread.mammo): its map is the explanation and its top heat the image probability. The recipe is a
+# first guess; secondread.mammo.cross_validate_detector (benchmarks/mammo_recipe.py) compares recipes by
+# 5-fold CV over the training women (not yet run to the end: ~1 h on the shared cores).
 DATASETS["mini-mias"] = {
     "name": "mammo-abnormal", "finding": "abnormal mammogram", "positive_label": "abnormal", "positive_class": 1,
     "kind": "folder", "loader": "minimias", "input_size": 256, "trainer": "heatmap",
