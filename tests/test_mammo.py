@@ -87,7 +87,7 @@ def test_candidates_of_two_blobs_are_ranked_with_their_half_height_radius():
 
 
 # ----------------------------------------------------------------------------- tiny training
-TINY = dict(limit=12, epochs=2, arch_args={"width": 4})
+TINY = dict(limit=12, epochs=4, arch_args={"width": 4})
 
 
 @pytest.fixture(scope="module")
