@@ -80,7 +80,23 @@ def mammo_rows(data: Path) -> list[dict]:
                         "seconds": r["seconds"],
                         "command": f"python -c 'from secondread.localise import localise_dataset as l; "
                                    f"print(l(split=\"{split}\")[\"summary\"])'"})
+    out.append(_detector_row(data))
     return out
+
+
+def _detector_row(data: Path) -> dict:
+    """The trained lesion detector (``mammo-abnormal``'s own map, peaks after NMS) on the val women."""
+    from secondread.maps import localise_with_map
+
+    r = localise_with_map("mammo-abnormal", data / "mammography" / "mini-mias", split="val")
+    s = r["summary"]
+    return {"task": f"mini-MIAS lesions, val ({s['images']} img, {s['patients']} women)",
+            "method": "mammo-abnormal detector (heat map trained on the circles)",
+            "metric": "pointing; top1; top3; top5 [95% CI]",
+            "value": "; ".join(_fmt(s[k], s[f"{k}_ci95"]) for k in ("pointing", "top1", "top3", "top5")),
+            "seconds": r["seconds"],
+            "command": "secondread localise --model mammo-abnormal --data ../shared/data/mammography/mini-mias "
+                       "--split val --json"}
 
 
 def seg_rows(data: Path) -> list[dict]:

@@ -37,6 +37,24 @@ class _AsColumn(torch.nn.Module):
 # (Chattopadhay et al. 2018), which weights positive gradients per location and tends to cover
 # several instances of the evidence instead of the single most discriminative one.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
+# A detector's own map (networks with ``probability_map``, e.g. the mammography lesion detector):
+# not a post-hoc explanation but the model's evidence itself, calibrated, so it is not rescaled.
+OWN_MAP = "heatmap"
+
+
+def detector_map(model: torch.nn.Module, batch: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
+    """The calibrated lesion probability map of a detector, upsampled (bilinear) to ``out_shape``.
+
+    Unlike a CAM it is not divided by its peak: its values are probabilities (the peak is the
+    image's probability), so a normal mammogram shows a faint map, not a saturated one."""
+    if not hasattr(model, "probability_map"):
+        raise SecondreadError(None, f"the {OWN_MAP!r} explanation needs a detector with its own map")
+    model.eval()
+    with torch.inference_mode():
+        heat = model.probability_map(batch)
+        heat = torch.nn.functional.interpolate(heat, size=tuple(int(s) for s in out_shape), mode="bilinear",
+                                               align_corners=False)
+    return heat[0, 0].numpy().astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -71,15 +89,18 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
     out_shape : tuple of int
         Shape of the original image, so the map lies over the pixels the user sees.
     method : str
-        ``"gradcam"`` or ``"gradcam++"`` (both MONAI's; see :data:`METHODS`).
+        ``"gradcam"`` or ``"gradcam++"`` (both MONAI's; see :data:`METHODS`), or ``"heatmap"``: a
+        detector's own calibrated map (:func:`detector_map`; ``layer`` is then unused).
 
     Returns
     -------
     numpy.ndarray
         float32 map of ``out_shape`` in [0, 1]; all zeros when no region raised the logit.
     """
+    if method == OWN_MAP:
+        return detector_map(model, batch, out_shape)
     if method not in METHODS:
-        raise SecondreadError(None, f"unknown explanation method {method!r} ({', '.join(METHODS)})")
+        raise SecondreadError(None, f"unknown explanation method {method!r} ({', '.join([*METHODS, OWN_MAP])})")
     with _hooks_removed_after(dict(model.named_modules())[layer]):
         cam = METHODS[method](nn_module=_AsColumn(model), target_layers=f"net.{layer}",
                               upsampler=lambda _spatial: default_upsampler(tuple(out_shape)),

@@ -274,7 +274,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             break
         pixels = sample.image.pixels
         heat, prob = explain_sample(bundle, pixels, layer, method)
-        regions = map_regions(heat, top_k)
+        regions = _regions(heat, top_k, method or bundle.explain_method)
         body = breast_region(sample.image) if dataset == "mini-mias" else foreground_mask(pixels)
         baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2),
                      "body_centroid": centroid(body)}
@@ -292,7 +292,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     seconds = time.perf_counter() - start
     return {"model": bundle.name, "dataset": dataset, "split": split, "summary": summarise(per_image),
             **({"splits": _per_split(dataset, per_image)} if split == "all" else {}),
-            "per_image": per_image, "map": f"{method or bundle.explain_method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak",
+            "per_image": per_image, "map": _map_name(bundle, layer, method),
             "hit_rule": ("pointing game = the map's global maximum inside the expert lesion; top-k = any of the "
                          "k strongest regions' centres inside it (" + ("within a circle's radius" if dataset ==
                                                                       "mini-mias" else "on the mask") + ")"),
@@ -302,6 +302,25 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             "predictions": None if predictions is None else str(predictions),
             "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(per_image), 4),
             "disclaimer": DISCLAIMER}
+
+
+def _map_name(bundle, layer: str | None, method: str | None) -> str:
+    method = method or bundle.explain_method
+    if method == "heatmap":
+        return "the detector's own lesion map, candidates = its peaks after non-maximum suppression"
+    return f"{method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak"
+
+
+def _regions(heat: np.ndarray, top_k: int, method: str) -> list[Region]:
+    """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression
+    (:func:`secondread.mammo.map_candidates`); a CAM gives its regions (:func:`map_regions`)."""
+    from .explain import OWN_MAP
+
+    if method == OWN_MAP:
+        from .mammo import map_candidates
+
+        return map_candidates(heat, top_k)
+    return map_regions(heat, top_k)
 
 
 def _per_split(dataset: str, per_image: list[dict]) -> dict:

@@ -315,6 +315,12 @@ def model_card(config: dict[str, Any]) -> str:
                   f"(T = {float(config['temperature']):.3f})"]
     lines += [f"- Operating point `{k}`: threshold {v['threshold']:.3f}, sensitivity {v['sensitivity']:.3f}, "
               f"specificity {v['specificity']:.3f}" for k, v in ops.items()]
+    loc = config.get("localisation")
+    if loc:  # detectors: how often the map's candidates fall on the experts' lesions
+        lines += [f"- Localisation ({loc['split']}, {loc['images_with_located_lesion']} images with a located lesion; "
+                  f"{loc['hit_rule']}): " + ", ".join(f"top-{k} {loc[f'top{k}']:.2f} (95% CI {loc[f'top{k}_ci95'][0]:.2f}-"
+                                                       f"{loc[f'top{k}_ci95'][1]:.2f})" for k in (1, 3, 5)
+                                                       if loc.get(f"top{k}_ci95"))]
     lines += ["", "These are validation figures: the validation split also chose the epoch, the temperature "
               "and the thresholds, so they are optimistic; the test split is withheld.", "",
               "## Limits", ""] + [f"- {item}" for item in card.get("limits", [])]

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from ..errors import SecondreadError
 
@@ -227,3 +228,84 @@ class LesionMapNet(nn.Module):
 
 
 ARCHITECTURES["lesion_map"] = LesionMapNet
+
+
+class LesionHeatmapNet(nn.Module):
+    """A small fully convolutional lesion detector: a per-location lesion logit map, and the image's
+    logit as the map's maximum (the "top heat").
+
+    Why: a whole-image classifier trained on ~140 mammograms learns where abnormal *images* differ,
+    not where the lesion is (its Grad-CAM pointed at no mini-MIAS lesion). Trained on the experts'
+    circles as heat-map targets, the same network says *where* (the map, whose peaks are ranked
+    candidates) and *whether* (its strongest location), so the explanation shown to a reader is the
+    detector's own evidence. A strided stem (``stem_stride`` 2 or 4), four residual stages (strides
+    1, 2, 2, 2) and a top-down merge of the last stage's context into the features at 1/8 of the
+    input give a map at 1/8 of the input (32 x 32 cells for a 256 px input) whose receptive field
+    covers the largest masses.
+
+    ``forward`` returns one logit per image (``[N]``, the max of :meth:`heatmap`), like every
+    classifier bundle, so the bundle's calibration, operating points, ONNX export and Grad-CAM all
+    apply unchanged. ``map_temperature`` (a buffer saved with the weights) is the bundle's
+    temperature, so :meth:`probability_map` is calibrated like the image probability and its peak
+    equals it.
+
+    Example
+    -------
+    >>> net = LesionHeatmapNet(width=8)
+    >>> net(torch.zeros(2, 1, 64, 64)).shape, net.heatmap(torch.zeros(2, 1, 64, 64)).shape
+    (torch.Size([2]), torch.Size([2, 1, 8, 8]))
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 16, blocks: int = 1, dropout: float = 0.0,
+                 prior: float = 0.01, stem_stride: int = 2):
+        super().__init__()
+        if int(stem_stride) not in (2, 4):
+            raise SecondreadError(None, f"stem_stride must be 2 or 4, got {stem_stride}")
+        w = int(width)
+        conv, norm = nn.Conv2d, nn.BatchNorm2d
+        stem: list[nn.Module] = [conv(int(in_channels), w, 3, stride=2, padding=1, bias=False), norm(w), nn.ReLU()]
+        if int(stem_stride) == 4:  # a second strided convolution: 4x cheaper stages, same map stride
+            stem += [conv(w, w, 3, stride=2, padding=1, bias=False), norm(w), nn.ReLU()]
+        layers: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(*stem))
+        c_in, stride, mid_channels = w, int(stem_stride), 0
+        for stage, (c_out, step) in enumerate([(w, 1), (2 * w, 2), (4 * w, 2), (4 * w, 2)], start=1):
+            for b in range(int(blocks)):
+                layers[f"stage{stage}_{b}"] = _ResidualBlock(conv, norm, c_in, c_out, step if b == 0 else 1)
+                c_in = c_out
+            stride *= step
+            if stride == 8:  # the map's stage: the last block at 1/8 of the input
+                self._mid, mid_channels = f"stage{stage}_{int(blocks) - 1}", c_out
+        self._up = float(stride // 8)
+        self.features = nn.Sequential(layers)
+        self.lateral = conv(mid_channels, 2 * w, 1, bias=False)
+        self.top_down = conv(c_in, 2 * w, 1, bias=False)
+        self.merge = nn.Sequential(OrderedDict(
+            norm=norm(2 * w), relu=nn.ReLU(), conv=conv(2 * w, 2 * w, 3, padding=1, bias=False),
+            norm2=norm(2 * w), relu2=nn.ReLU()))
+        self.gradcam_layer = "merge.relu2"
+        self.dropout = nn.Dropout2d(float(dropout))
+        self.head = conv(2 * w, 1, 1)
+        nn.init.constant_(self.head.bias, float(torch.log(torch.tensor(prior / (1 - prior)))))
+        self.register_buffer("map_temperature", torch.ones(()))
+
+    def heatmap(self, x: torch.Tensor) -> torch.Tensor:
+        """Lesion logits ``[N, 1, H/8, W/8]`` (uncalibrated); the input side must be a multiple of 16
+        (32 with ``stem_stride=4``)."""
+        y, mid = x, None
+        for name, module in self.features.named_children():
+            y = module(y)
+            if name == self._mid:
+                mid = y
+        up = F.interpolate(self.top_down(y), scale_factor=self._up, mode="nearest")
+        return self.head(self.dropout(self.merge(self.lateral(mid) + up)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]``; returns ``[N]`` logits, the maximum of the lesion map."""
+        return self.heatmap(x).flatten(1).amax(dim=1)
+
+    def probability_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated lesion probability per map cell, ``sigmoid(logit / map_temperature)``."""
+        return torch.sigmoid(self.heatmap(x) / self.map_temperature)
+
+
+ARCHITECTURES["lesion_heatmap"] = LesionHeatmapNet

@@ -1,0 +1,204 @@
+"""The mini-MIAS lesion detector (secondread.mammo) and the benign/malignant measurement
+(secondread.mammo_severity), on real mini-MIAS images.
+
+Ground truth is read here from info.csv (``x_img``/``y_img``/``radius``, top-left origin), not from
+the loader under test; figures are recounted from the written CSVs and from the network itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secondread.datasets import minimias
+from secondread.explain import gradcam
+from secondread.localise import Region
+from secondread.mammo import augment_with_targets, lesion_target, map_candidates, upsample
+from secondread.models import build, load_bundle
+from secondread.models.bundle import calibrated
+from secondread.train import DATASETS, train_bundle
+
+
+@pytest.fixture(scope="module")
+def folder(data_root):
+    path = data_root / "mammography" / "mini-mias"
+    if not path.is_dir():
+        pytest.skip("mini-MIAS not available")
+    return path
+
+
+@pytest.fixture(scope="module")
+def info(folder):
+    with open(folder / "info.csv", newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["file_included"] == "yes" and (folder / f"{r['refnum']}.png").is_file()]
+
+
+def _circles(info, refnum):
+    return [(float(r["x_img"]), float(r["y_img"]), float(r["radius"])) for r in info
+            if r["refnum"] == refnum and r["x_img"] and r["radius"]]
+
+
+# ----------------------------------------------------------------------------- targets, augmentation
+def test_target_peaks_on_the_cell_holding_the_expert_centre(folder, info):
+    sample = next(s for s in minimias.samples(folder.parents[1]) if s.id == "mdb270")
+    (x, y, _), = _circles(info, "mdb270")
+    target, located = lesion_target(sample.lesions, (1024, 1024), 32, 0.5)
+    row, col = np.unravel_index(np.argmax(target), target.shape)
+    assert located and target.max() == pytest.approx(1.0)
+    assert (row, col) == (int(y // 32), int(x // 32))  # 32 px cells of the 1024 px image
+    normal = next(s for s in minimias.samples(folder.parents[1]) if not s.label)
+    assert lesion_target(normal.lesions, (1024, 1024), 32, 0.5)[0].max() == 0
+    diffuse = next(s for s in minimias.samples(folder.parents[1]) if s.id == "mdb216")  # calcifications, no centre
+    assert lesion_target(diffuse.lesions, (1024, 1024), 32, 0.5)[1] is False
+
+
+def test_augmentation_moves_the_target_with_the_image():
+    x = torch.zeros(6, 1, 256, 256)
+    x[:, :, 40:72, 168:200] = 5.0  # a bright square on cells (5..8, 21..24) of the 32 x 32 map
+    t = torch.zeros(6, 1, 32, 32)
+    t[:, :, 5:9, 21:25] = 1.0
+    xs, ts = augment_with_targets(x, t, torch.Generator().manual_seed(3))
+    for k in range(6):
+        bright = (xs[k, 0] > xs[k, 0].median() + 1.0).float()
+        rows, cols = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        image_centre = torch.stack([(rows * bright).sum(), (cols * bright).sum()]) / bright.sum()
+        trows, tcols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        w = ts[k, 0]
+        target_centre = (torch.stack([(trows * w).sum(), (tcols * w).sum()]) / w.sum() + 0.5) * 8 - 0.5
+        assert torch.dist(image_centre, target_centre) < 4.0  # half a map cell: the target moved with the square
+
+
+def test_candidates_of_two_blobs_are_ranked_with_their_half_height_radius():
+    yy, xx = np.mgrid[:512, :512]
+    heat = 0.9 * np.exp(-((xx - 100) ** 2 + (yy - 300) ** 2) / (2 * 20.0 ** 2))
+    heat += 0.5 * np.exp(-((xx - 400) ** 2 + (yy - 100) ** 2) / (2 * 10.0 ** 2))
+    regions = map_candidates(heat, top=5)
+    assert [(r.x, r.y) for r in regions[:2]] == [(100.0, 300.0), (400.0, 100.0)]
+    assert [r.score for r in regions[:2]] == pytest.approx([0.9, 0.5], abs=1e-4)
+    # a Gaussian's half-height radius is sigma * sqrt(2 ln 2)
+    assert regions[0].radius == pytest.approx(20 * np.sqrt(2 * np.log(2)), rel=0.1)
+    assert regions[1].radius == pytest.approx(10 * np.sqrt(2 * np.log(2)), rel=0.15)
+    assert map_candidates(np.zeros((64, 64)), top=3) == []
+
+
+# ----------------------------------------------------------------------------- tiny training
+TINY = dict(limit=12, epochs=4, arch_args={"width": 4})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, data_root, folder):
+    root = tmp_path_factory.mktemp("mammo")
+    return root, [train_bundle("mini-mias", root / name, data_dir=data_root, progress=False, **TINY) for name in "ab"]
+
+
+def test_tiny_detector_training_is_deterministic_and_a_complete_bundle(tiny, folder):
+    root, (a, b) = tiny
+    wa, wb = (torch.load(root / n / "weights.pt", weights_only=True) for n in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["metrics"] == b["metrics"] and a["localisation"] == b["localisation"]
+    losses = [h["loss"] for h in a["training"]["history"]]
+    assert losses[-1] < losses[0]  # it learns (the seeded run is the same every time)
+    for name in ("bundle.json", "weights.pt", "model.onnx", "model_card.md", "reliability.png"):
+        assert (root / "a" / name).is_file()
+    assert len(a["data_source"]["train_patients"]) == 12 and not set(a["data_source"]["train_patients"]) & set(
+        a["data_source"]["val_patients"])
+    assert a["explain"]["method"] == "heatmap" and a["operating_points"]
+    # the map's buffer carries the bundle's temperature: its peak is the image's calibrated probability
+    bundle = load_bundle(root / "a")
+    assert float(bundle.model.map_temperature) == pytest.approx(bundle.temperature)
+    pixels = minimias.samples(folder.parents[1], "val")[0].image.pixels
+    batch = bundle.prepare(pixels)[None]
+    p = float(calibrated(bundle.logits(batch), bundle.temperature)[0])
+    with torch.inference_mode():
+        assert float(bundle.model.probability_map(batch).max()) == pytest.approx(p, abs=1e-6)
+
+
+def test_tiny_detector_onnx_matches_torch(tiny, folder):
+    pytest.importorskip("onnxruntime")
+    root, _ = tiny
+    images = [s.image.pixels for s in minimias.samples(folder.parents[1], "val")[:4]]
+    torch_p = load_bundle(root / "a").predict_proba(images)
+    onnx_p = load_bundle(root / "a", backend="onnx").predict_proba(images)
+    assert np.abs(torch_p - onnx_p).max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- the shipped bundle
+def test_shipped_detector_records_its_recipe_and_val_localisation(info):
+    bundle = load_bundle("mammo-abnormal")
+    assert bundle.config["architecture"] == DATASETS["mini-mias"]["architecture"] == "lesion_heatmap"
+    assert bundle.explain_method == "heatmap" and float(bundle.model.map_temperature) == pytest.approx(bundle.temperature)
+    loc = bundle.config["localisation"]
+    val = set(bundle.config["data_source"]["val_patients"])
+    located = {r["refnum"] for r in info if r["x_img"] and minimias.woman_of(r["refnum"]) in val}
+    assert loc["images_with_located_lesion"] == len(located)
+    assert loc["top3_ci95"][0] <= loc["top3"] <= loc["top3_ci95"][1]
+
+
+def test_shipped_detector_val_hits_recounted_from_the_localise_csv(folder, info, tmp_path):
+    from secondread.maps import localise_with_map
+
+    out = tmp_path / "val.csv"
+    result = localise_with_map("mammo-abnormal", folder, split="val", predictions=out, top_k=5)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    recount = []
+    for image_id in sorted({r["id"] for r in rows} | {p["id"] for p in result["per_image"]}):
+        mine = sorted((r for r in rows if r["id"] == image_id), key=lambda r: int(r["rank"]))[:3]
+        circles = _circles(info, Path(image_id).stem)
+        recount.append(any((float(r["x"]) - x) ** 2 + (float(r["y"]) - y) ** 2 <= rad ** 2
+                           for r in mine for x, y, rad in circles))
+    assert result["summary"]["top3"] == pytest.approx(round(float(np.mean(recount)), 3), abs=1e-3)
+    bundle = load_bundle("mammo-abnormal")
+    assert result["summary"]["top3"] == pytest.approx(bundle.config["localisation"]["top3"], abs=1e-3)
+
+
+def test_gradcam_still_explains_the_detector(folder):
+    bundle = load_bundle("mammo-abnormal")
+    pixels = minimias.samples(folder.parents[1], "val")[0].image.pixels
+    batch = bundle.prepare(pixels)[None]
+    for method in ("gradcam", "gradcam++"):
+        heat = gradcam(bundle.model, bundle.model.gradcam_layer, batch, pixels.shape, method=method)
+        assert heat.shape == pixels.shape and 0 <= heat.min() and heat.max() <= 1
+
+
+def test_analyze_reports_the_detectors_region_on_a_mammogram(folder, tmp_path, info):
+    from secondread.analyze import analyze_image
+
+    bundle = load_bundle("mammo-abnormal")
+    report = analyze_image(str(folder / "mdb270.png"), tmp_path, bundle)
+    finding = report["findings"][0]
+    assert finding["label"] == "abnormal mammogram" and 0 <= finding["probability"] <= 1
+    if finding.get("region"):
+        assert finding["region"]["source"] == "heatmap"
+        assert finding["region"]["x_max"] <= 1024 and finding["region"]["y_max"] <= 1024
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- benign vs malignant
+def test_severity_features_see_a_bright_disc_and_the_bootstrap_brackets_the_auc():
+    from sklearn.metrics import roc_auc_score
+
+    from secondread.mammo_severity import FEATURES, lesion_features, women_auc_ci
+
+    yy, xx = np.mgrid[:400, :400]
+    image = np.where((xx - 200) ** 2 + (yy - 200) ** 2 <= 40 ** 2, 200.0, 60.0)
+    f = dict(zip(FEATURES, lesion_features(image, 200, 200, 40)))
+    assert f["contrast"] > 0.5 and f["inner_mean"] > f["ring_mean"]
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20)
+    p = y * 0.5 + rng.random(40)
+    women = [f"w{i // 2}" for i in range(40)]
+    lo, hi = women_auc_ci(y, p, women)
+    assert lo <= roc_auc_score(y, p) <= hi
+
+
+def test_shipped_detector_onnx_matches_torch(folder):
+    pytest.importorskip("onnxruntime")
+    images = [s.image.pixels for s in minimias.samples(folder.parents[1], "val")[:6]]
+    torch_p = load_bundle("mammo-abnormal").predict_proba(images)
+    assert np.abs(load_bundle("mammo-abnormal", backend="onnx").predict_proba(images) - torch_p).max() < 1e-4
