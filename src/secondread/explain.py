@@ -38,12 +38,12 @@ class _AsColumn(torch.nn.Module):
 # several instances of the evidence instead of the single most discriminative one.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
 # A detector's own map (networks with ``probability_map``, e.g. the mammography lesion detector):
-# not a post-hoc explanation but the model's evidence itself, calibrated, so it is not rescaled.
+# not a post-hoc explanation but the model's evidence itself, a probability per cell, so it is not rescaled.
 OWN_MAP = "heatmap"
 
 
 def detector_map(model: torch.nn.Module, batch: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
-    """The calibrated lesion probability map of a detector, upsampled (bilinear) to ``out_shape``.
+    """The lesion probability map of a detector, upsampled (bilinear) to ``out_shape``.
 
     Unlike a CAM it is not divided by its peak: its values are probabilities (the peak is the
     image's probability), so a normal mammogram shows a faint map, not a saturated one."""
@@ -90,7 +90,7 @@ def gradcam(model: torch.nn.Module, layer: str, batch: torch.Tensor, out_shape: 
         Shape of the original image, so the map lies over the pixels the user sees.
     method : str
         ``"gradcam"`` or ``"gradcam++"`` (both MONAI's; see :data:`METHODS`), or ``"heatmap"``: a
-        detector's own calibrated map (:func:`detector_map`; ``layer`` is then unused).
+        detector's own probability map (:func:`detector_map`; ``layer`` is then unused).
 
     Returns
     -------

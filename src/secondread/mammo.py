@@ -6,8 +6,9 @@ validation AUC of 0.63 and a Grad-CAM map that pointed at no lesion, so it could
 *whether* nor *where*. mini-MIAS gives every located lesion a centre and a radius; a fully
 convolutional network (:class:`secondread.models.nets.LesionHeatmapNet`) trained to draw a blob on
 each circle learns where lesions are, and the image's probability is its strongest location (the
-"top heat", temperature-calibrated on validation like every bundle). The explanation a reader sees
-is then the detector's own map (``"explain": {"method": "heatmap"}`` in the bundle, served by
+"top heat", temperature-calibrated on validation like every bundle; the map itself stays the
+per-cell probability it was trained to give). The explanation a reader sees is then the detector's
+own map (``"explain": {"method": "heatmap"}`` in the bundle, served by
 :func:`secondread.explain.gradcam`), and Grad-CAM / Grad-CAM++ of the same network stay available.
 
 Training (:func:`train_detector`), on the ``train`` women only:
@@ -27,14 +28,13 @@ Training (:func:`train_detector`), on the ``train`` women only:
   are fixed.
 - A fixed number of epochs with a cosine schedule, no early stopping: validation (35 images, 17
   with a located lesion) is too small to choose an epoch on; it only fits the temperature and the
-  operating points. The recipe (input size, sigma, weights, epochs) is a first guess, not yet
-  compared with alternatives: :func:`cross_validate_detector` (``benchmarks/mammo_recipe.py``)
-  scores a recipe by 5-fold cross-validation over the training women, but one run costs about an
-  hour on 2 shared cores and was not completed for this version. On the training images
-  themselves its top-3 hit rate is 0.34: it under-fits.
+  operating points. The recipe (lesion weight, image term on normal and unlocated images only) was
+  chosen among a few by :func:`cross_validate_detector` (``benchmarks/mammo_recipe.py``): 5-fold
+  cross-validation over the training women, top-3 hit 0.37 and AUC 0.56 there (the first recipe:
+  0.30 / 0.53); validation was not looked at to choose it.
 
 Candidates (:func:`map_candidates`): local maxima of the map at least ``min_distance`` apart
-(non-maximum suppression), strongest first; centre = the peak, score = the map's (calibrated)
+(non-maximum suppression), strongest first; centre = the peak, score = the map's per-cell
 probability there, radius = the equivalent-circle radius of the region around the peak at half
 its height (what the map calls the lesion's extent), in pixels of the original image.
 """
@@ -192,7 +192,7 @@ def upsample(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def map_candidates(heat: np.ndarray, top: int, min_distance: float = MIN_DISTANCE) -> list[Region]:
     """Ranked candidates of a lesion map at the image's size (see the module docstring).
 
-    ``heat`` is the (calibrated) probability map upsampled to the original image; ``min_distance``
+    ``heat`` is the per-cell probability map upsampled to the original image; ``min_distance``
     is the non-maximum suppression distance as a fraction of the image's longer side.
     """
     if heat.size == 0 or float(heat.max()) <= CANDIDATE_FLOOR:
@@ -289,7 +289,6 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
 
         x_val = prepare_images(spec, val_px)
         summary, reliability_png = _validation_summary(model, x_val, y_val, f"{info['name']}: validation (n={len(x_val)})")
-        model.map_temperature.fill_(float(summary["temperature"]))
         found = hit_rates(probability_maps(model, x_val), val)
     finally:
         torch.set_num_threads(threads)

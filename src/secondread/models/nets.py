@@ -245,9 +245,11 @@ class LesionHeatmapNet(nn.Module):
 
     ``forward`` returns one logit per image (``[N]``, the max of :meth:`heatmap`), like every
     classifier bundle, so the bundle's calibration, operating points, ONNX export and Grad-CAM all
-    apply unchanged. ``map_temperature`` (a buffer saved with the weights) is the bundle's
-    temperature, so :meth:`probability_map` is calibrated like the image probability and its peak
-    equals it.
+    apply unchanged. :meth:`probability_map` is the per-cell lesion probability the map was
+    trained to give (against the experts' circles), deliberately *not* temperature-scaled: with a
+    weak detector the fitted temperature flattens the image probability towards the prevalence
+    (mini-MIAS: T ~ 1e5), which is right for the image's probability but would flatten the map a
+    reader looks at and the candidates' extent with it.
 
     Example
     -------
@@ -286,7 +288,6 @@ class LesionHeatmapNet(nn.Module):
         self.dropout = nn.Dropout2d(float(dropout))
         self.head = conv(2 * w, 1, 1)
         nn.init.constant_(self.head.bias, float(torch.log(torch.tensor(prior / (1 - prior)))))
-        self.register_buffer("map_temperature", torch.ones(()))
 
     def heatmap(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion logits ``[N, 1, H/8, W/8]`` (uncalibrated); the input side must be a multiple of 16
@@ -304,8 +305,8 @@ class LesionHeatmapNet(nn.Module):
         return self.heatmap(x).flatten(1).amax(dim=1)
 
     def probability_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Calibrated lesion probability per map cell, ``sigmoid(logit / map_temperature)``."""
-        return torch.sigmoid(self.heatmap(x) / self.map_temperature)
+        """Lesion probability per map cell as trained, ``sigmoid(logit)`` (see the class docstring)."""
+        return torch.sigmoid(self.heatmap(x))
 
 
 ARCHITECTURES["lesion_heatmap"] = LesionHeatmapNet
