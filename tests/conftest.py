@@ -23,3 +23,12 @@ def data_root() -> Path:
             pytest.fail(f"real data folder not found in CI: {root} (set SECONDREAD_DATA)")
         pytest.skip(f"real data folder not found: {root} (set SECONDREAD_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def minimias_folder(data_root) -> Path:
+    """The mini-MIAS folder (mammograms and the experts' circles); skips if absent."""
+    path = data_root / "mammography" / "mini-mias"
+    if not path.is_dir():
+        pytest.skip("mini-MIAS not available")
+    return path

@@ -15,11 +15,8 @@ from secondread.io.raster import read_raster
 
 
 @pytest.fixture(scope="module")
-def folder(data_root):
-    path = data_root / "mammography" / "mini-mias"
-    if not path.is_dir():
-        pytest.skip("mini-MIAS not available")
-    return path
+def folder(minimias_folder):
+    return minimias_folder
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,8 @@ from secondread.train import DATASETS, train_bundle
 
 
 @pytest.fixture(scope="module")
-def folder(data_root):
-    path = data_root / "mammography" / "mini-mias"
-    if not path.is_dir():
-        pytest.skip("mini-MIAS not available")
-    return path
+def folder(minimias_folder):
+    return minimias_folder
 
 
 @pytest.fixture(scope="module")

@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "image from its modality and dimensionality, and a CT volume gets the lung-nodule search")
     a.add_argument("--out", required=True, metavar="DIR", help="report folder (one sub-folder per image if several)")
     a.add_argument("--json", action="store_true", help="also print report.json to stdout")
-    a.add_argument("--explain", default=None, choices=["gradcam", "gradcam++"],
-                   help="explanation map for positive findings (default: the bundle's choice, else gradcam)")
+    a.add_argument("--explain", default=None, choices=["gradcam", "gradcam++", "heatmap"],
+                   help="explanation map for positive findings (default: the bundle's choice, else gradcam; "
+                        "heatmap: a detector's own lesion map, e.g. mammo-abnormal)")
     a.set_defaults(func=cmd_analyze)
 
     t = sub.add_parser("train", help="train a model bundle on a data set")
@@ -359,14 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")
     lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)}) or a classifier bundle "
-                    "(brain-mri-tumour, mammo-abnormal: regions of its Grad-CAM map)")
+                    "(regions of its explanation map: brain-mri-tumour's lesion map, mammo-abnormal's detector map)")
     lo.add_argument("--data", required=True, metavar="PATH", help="data root or the mini-MIAS folder")
     lo.add_argument("--split", default="all", help="all, train, val or fold<k> (per-woman splits)")
     lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
     lo.add_argument("--top-k", type=int, default=10, help="candidates kept per image")
     lo.add_argument("--layer", default=None, help="classifier maps: the layer to explain (default: the bundle's)")
-    lo.add_argument("--method", default=None, choices=["gradcam", "gradcam++"],
-                    help="classifier maps: CAM method (default: the bundle's)")
+    lo.add_argument("--method", default=None, choices=["gradcam", "gradcam++", "heatmap"],
+                    help="classifier maps: CAM method, or a detector's own map (default: the bundle's)")
     lo.add_argument("--json", action="store_true")
     lo.set_defaults(func=cmd_localise)
 
