@@ -297,7 +297,7 @@ DATASETS["lgg"] = {
 
 
 # mini-MIAS: 142 training images. The bundle is a lesion detector trained on the experts' circles
-# (secondread.mammo): its map is the explanation and its top heat the image probability. The recipe is a
+# (secondread.mammo): its map is the explanation and its top heat the image probability. The recipe was
 # chosen by 5-fold CV over the training women (benchmarks/mammo_recipe.py, val never read): top-3 hit
 # 0.30 / AUC 0.53 for lesion weight 10 with the image term on every image, 0.37 / 0.56 for lesion weight
 # 30 with the image term only on normal and unlocated images (this row).
