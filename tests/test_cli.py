@@ -184,6 +184,12 @@ def test_unknown_model_name_fails_in_one_line(cases, tmp_path):
     assert_one_line_error(proc, "no-such-model")
 
 
+def test_heatmap_explanation_of_a_model_without_its_own_map_fails_in_one_line(cases, tmp_path):
+    proc = run("analyze", cases["normal"], "--model", "pneumonia", "--explain", "heatmap", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "pneumonia")
+    assert not (tmp_path / "o").exists()
+
+
 def test_demo_analyses_a_normal_and_a_pneumonia_case(data_root, tmp_path):
     proc = run("demo", "--out", tmp_path / "demo", "--data", data_root, "--offline")
     assert proc.returncode == 0, proc.stderr

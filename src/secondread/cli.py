@@ -67,6 +67,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .suggest import record_area
 
     bundle = None if args.model == "auto" else load_bundle(args.model)
+    if args.explain == "heatmap" and bundle is not None and not hasattr(bundle.model, "probability_map"):
+        raise SecondreadError(args.model, "has no lesion map of its own: --explain heatmap needs a detector "
+                                          "(mammo-abnormal); use gradcam or gradcam++")
     record = RecordSource(args.notes, args.record)
     if record:  # a bad note or FHIR file fails once, here; each image reads it again with its study date
         record.load(area=record_area(bundle.finding) if bundle is not None else "chest")
