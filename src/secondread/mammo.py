@@ -41,12 +41,10 @@ its height (what the map calls the lesion's extent), in pixels of the original i
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -272,53 +270,36 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
     fits the temperature and operating points and is scored for localisation (top-k hit rates),
     recorded in ``bundle.json`` under ``localisation``.
     """
-    from .models.bundle import save_bundle
-    from .train import (RELIABILITY_FILE, THREADS, DATASETS, _data_source, _load_folder_task,
-                        _seed_everything, _validation_summary)
+    from .models.bundle import prepare_images, save_bundle
+    from .train import (DATASETS, RELIABILITY_FILE, _data_source, _load_folder_task, _validation_summary,
+                        bundle_config, seeded_training)
 
     info, started = DATASETS[dataset], time.perf_counter()
     opt = _recipe(info, epochs=epochs, batch_size=batch_size, lr=lr)
     args = dict(info["arch_args"], **(arch_args or {}))
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    _seed_everything(seed)
-    try:
+    with seeded_training(seed):
         train, train_px, y_tr, val, val_px, y_val = _load_folder_task(dataset, data_dir, limit, seed)
         model, spec, x_tr, history = _fit_on(info, opt, args, train, train_px, y_tr, seed, progress)
         train_seconds = time.perf_counter() - started
-        from .models.bundle import prepare_images
-
         x_val = prepare_images(spec, val_px)
         summary, reliability_png = _validation_summary(model, x_val, y_val, f"{info['name']}: validation (n={len(x_val)})")
         found = hit_rates(probability_maps(model, x_val), val)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    today = datetime.now(timezone.utc).date().isoformat()
     localisation = {"split": "val", "images_with_located_lesion": found["images"],
                     **{f"top{k}": found[f"top{k}"] for k in TOP_K},
                     **{f"top{k}_ci95": _women_ci([p[f"top{k}"] for p in found["per_image"]],
                                                  [p["patient"] for p in found["per_image"]]) for k in TOP_K},
                     "hit_rule": "a candidate centre within an expert circle's radius",
                     "candidates": f"peaks of the map >= {MIN_DISTANCE} x the image side apart"}
-    config = {
-        "name": info["name"], "version": today.replace("-", "."), "created": today,
-        "architecture": info["architecture"], "arch_args": args, "input_shape": list(x_tr.shape[2:]),
-        "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
-        "positive_class": int(info["positive_class"]), "finding": info["finding"], "modalities": info["modalities"],
-        "explain": info["explain"], **summary, "localisation": localisation,
-        "training": {"dataset": dataset, "split_used": "train", "n_train": int(len(x_tr)), "n_val": int(len(x_val)),
-                     "limit": limit, "epochs_max": int(opt["epochs"]), "epochs_run": len(history),
-                     "best_epoch": len(history), "patience": None, "batch_size": int(opt["batch_size"]),
-                     "lr": float(opt["lr"]), "optimizer": "AdamW", "weight_decay": float(opt["weight_decay"]),
-                     "schedule": "cosine", "loss": (f"per-cell BCE on Gaussian circle targets (sigma "
-                                                    f"{opt['sigma_factor']} x radius, lesion weight 1 + "
-                                                    f"{opt['pos_weight']} x target) + {opt['image_weight']} x "
-                                                    "image BCE of the map's maximum"),
-                     "augmentation": AUGMENTATION, "seed": seed, "threads": THREADS,
-                     "time_seconds": round(train_seconds, 1), "torch_version": torch.__version__,
-                     "history": history},
-        "anchors": {}, "data_source": _data_source(info, train, val, data_dir), "card": info["card"],
-    }
+    training = {"n_train": int(len(x_tr)), "n_val": int(len(x_val)), "limit": limit, "epochs_max": int(opt["epochs"]),
+                "epochs_run": len(history), "best_epoch": len(history), "patience": None,
+                "batch_size": int(opt["batch_size"]), "lr": float(opt["lr"]), "optimizer": "AdamW",
+                "weight_decay": float(opt["weight_decay"]), "schedule": "cosine",
+                "loss": (f"per-cell BCE on Gaussian circle targets (sigma {opt['sigma_factor']} x radius, lesion "
+                         f"weight 1 + {opt['pos_weight']} x target) + {opt['image_weight']} x image BCE of the "
+                         "map's maximum"),
+                "augmentation": AUGMENTATION, "seed": seed}
+    config = bundle_config(info, dataset, args, x_tr.shape[2:], spec, summary, training, train_seconds, history,
+                           _data_source(info, train, val, data_dir), localisation=localisation)
     save_bundle(out, model, config, extra_files={RELIABILITY_FILE: reliability_png})
     return config
 
@@ -340,19 +321,17 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
 
     from .datasets.splits import load
     from .models.bundle import batched_logits, prepare_images
-    from .train import DATASETS, _seed_everything, folder_samples
+    from .train import DATASETS, folder_samples, seeded_training
 
     info = DATASETS[dataset]
     opt = _recipe(info, **overrides)
     args = dict(info["arch_args"], **(arch_args or {}))
     n_folds = len(load(info.get("split_name", dataset))["folds"])
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    _seed_everything(seed)
     samples = folder_samples(dataset, data_dir, "train")
     pixels = [np.asarray(s.image.pixels) for s in samples]
     labels = np.array([int(s.label == int(info["positive_class"])) for s in samples])
-    per, aucs, logits_all, y_all, start = [], [], [], [], time.perf_counter()
-    try:
+    per, aucs, start = [], [], time.perf_counter()
+    with seeded_training(seed):
         for k in (folds if folds is not None else range(n_folds)):
             held = {s.patient for s in folder_samples(dataset, data_dir, f"fold{k}")}
             tr = [i for i, s in enumerate(samples) if s.patient not in held]
@@ -362,14 +341,9 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
             x_te = prepare_images(spec, [pixels[i] for i in te])
             logits = batched_logits(model, x_te).numpy()
             aucs.append(float(roc_auc_score(labels[te], logits)))
-            logits_all += logits.tolist()
-            y_all += labels[te].tolist()
             found = hit_rates(probability_maps(model, x_te), [samples[i] for i in te],
                               min_distance=float(opt.get("min_distance", MIN_DISTANCE)))
             per += [dict(p, fold=k) for p in found["per_image"]]
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
     out = {"recipe": {**opt, **args}, "folds": len(aucs), "images_with_located_lesion": len(per),
            "auc_by_fold": [round(a, 4) for a in aucs], "auc_mean": round(float(np.mean(aucs)), 4),
            "seconds": round(time.perf_counter() - start, 1)}

@@ -14,6 +14,7 @@ were chosen by cross-validation on the training split (:func:`cross_validate`), 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -351,6 +352,42 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+@contextlib.contextmanager
+def seeded_training(seed: int):
+    """Train inside :func:`_seed_everything`'s settings, then give the caller back its own thread
+    count and determinism flag (a trainer called from a service or a test must not change them)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    _seed_everything(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def bundle_config(info: dict, dataset: str, args: dict, input_shape, spec: list[dict], summary: dict,
+                  training: dict, seconds: float, history: list, data_source: dict, **extra) -> dict[str, Any]:
+    """The ``bundle.json`` every trainer writes (:func:`train_bundle`, the mammography detector):
+    identity and date, network, preprocessing, labels, the validation ``summary`` (temperature,
+    operating points, metrics), ``extra`` entries (a detector's ``localisation``), the training
+    record (``training``: the trainer's own settings, from ``n_train`` to ``seed``), anchors,
+    provenance and card."""
+    today = datetime.now(timezone.utc).date().isoformat()
+    return {
+        "name": info["name"], "version": today.replace("-", "."), "created": today,
+        "architecture": info["architecture"], "arch_args": args, "input_shape": list(input_shape),
+        "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
+        "positive_class": int(info["positive_class"]), "finding": info["finding"],
+        "modalities": info["modalities"], **{k: info[k] for k in ("input_kind", "explain") if k in info},
+        **summary, **extra,
+        "training": {"dataset": dataset, "split_used": "train", **training, "threads": THREADS,
+                     "time_seconds": round(seconds, 1), "torch_version": torch.__version__, "history": history},
+        "anchors": {k: {"auc": v[0], "accuracy": v[1]} for k, v in info.get("anchors", {}).items()},
+        "data_source": data_source,
+        "card": info["card"],
+    }
+
+
 def preprocessing_spec(train_images: np.ndarray, size: int = 28, first: dict | None = None) -> list[dict]:
     """The stored spec: per-image min-max, area resize to ``size`` (per axis, 2D or 3D), then the
     training set's mean/std.
@@ -531,9 +568,7 @@ def train_bundle(dataset: str = "pneumoniamnist", out: str | os.PathLike = "bund
     opt.update({k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                   "patience": patience}.items() if v is not None})
     augment, augmentation = AUGMENTATIONS[info["augmentation"]]
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    _seed_everything(seed)
-    try:
+    with seeded_training(seed):
         path, train_images, y_tr, val_path, val_images, y_val = _load_task(dataset, data_dir, limit, seed)
         spec = preprocessing_spec(train_images, int(info.get("input_size", 28)), info.get("first_normalise"))
         x_tr, x_val = prepare_images(spec, train_images), prepare_images(spec, val_images)
@@ -549,32 +584,16 @@ def train_bundle(dataset: str = "pneumoniamnist", out: str | os.PathLike = "bund
         train_seconds = time.perf_counter() - started
         summary, reliability_png = _validation_summary(model, x_val, y_val,
                                                        f"{info['name']}: validation (n={len(x_val)})")
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    today = datetime.now(timezone.utc).date().isoformat()
-    config = {
-        "name": info["name"], "version": today.replace("-", "."), "created": today,
-        "architecture": info["architecture"], "arch_args": args, "input_shape": list(x_tr.shape[2:]),
-        "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
-        "positive_class": int(info["positive_class"]), "finding": info["finding"],
-        "modalities": info["modalities"], **{k: info[k] for k in ("input_kind", "explain") if k in info},
-        **summary,
-        "training": {"dataset": dataset, "split_used": "train", "n_train": int(len(x_tr)),
-                     "n_val": int(len(x_val)), "limit": limit, "epochs_max": opt["epochs"],
-                     "epochs_run": len(history), "best_epoch": best["epoch"], "patience": opt["patience"],
-                     "batch_size": opt["batch_size"], "lr": opt["lr"],
-                     "optimizer": "AdamW" if opt["weight_decay"] else "Adam",
-                     "weight_decay": opt["weight_decay"], "schedule": opt["schedule"],
-                     "loss": ("BCEWithLogits of the image logit + MONAI DiceCELoss of the pixel map against "
-                              "the experts' masks" if masks is not None else "BCEWithLogits"),
-                     "augmentation": augmentation, "seed": seed, "threads": THREADS,
-                     "time_seconds": round(train_seconds, 1), "torch_version": torch.__version__,
-                     "history": history},
-        "anchors": {k: {"auc": v[0], "accuracy": v[1]} for k, v in info.get("anchors", {}).items()},
-        "data_source": _data_source(info, path, val_path, data_dir),
-        "card": info["card"],
-    }
+    training = {"n_train": int(len(x_tr)), "n_val": int(len(x_val)), "limit": limit, "epochs_max": opt["epochs"],
+                "epochs_run": len(history), "best_epoch": best["epoch"], "patience": opt["patience"],
+                "batch_size": opt["batch_size"], "lr": opt["lr"],
+                "optimizer": "AdamW" if opt["weight_decay"] else "Adam",
+                "weight_decay": opt["weight_decay"], "schedule": opt["schedule"],
+                "loss": ("BCEWithLogits of the image logit + MONAI DiceCELoss of the pixel map against "
+                         "the experts' masks" if masks is not None else "BCEWithLogits"),
+                "augmentation": augmentation, "seed": seed}
+    config = bundle_config(info, dataset, args, x_tr.shape[2:], spec, summary, training, train_seconds, history,
+                           _data_source(info, path, val_path, data_dir))
     save_bundle(out, model, config, extra_files={RELIABILITY_FILE: reliability_png})
     return config
 
@@ -614,10 +633,8 @@ def cross_validate(dataset: str, folds: int = 5, data_dir: str | os.PathLike | N
     if epochs is not None:
         opt["epochs"] = epochs
     augment, _ = AUGMENTATIONS[info["augmentation"]]
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    _seed_everything(seed)
     curves = []
-    try:
+    with seeded_training(seed):
         _, images, y, _, _, _ = _load_task(dataset, data_dir, None, seed)
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         for k, (tr, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
@@ -629,9 +646,6 @@ def cross_validate(dataset: str, folds: int = 5, data_dir: str | os.PathLike | N
                               lr=opt["lr"], seed=seed + k, patience=opt["epochs"], progress=progress,
                               augment=augment, weight_decay=opt["weight_decay"], schedule=opt["schedule"])
             curves.append([h["val_auc"] for h in history])
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
     mean = np.mean(curves, axis=0)
     return {"mean_auc_by_epoch": mean.tolist(), "fold_auc_by_epoch": curves,
             "best_epoch": int(np.argmax(mean)) + 1, "best_mean_auc": float(mean.max()),
