@@ -45,8 +45,10 @@ OWN_MAP = "heatmap"
 def detector_map(model: torch.nn.Module, batch: torch.Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
     """The lesion probability map of a detector, upsampled (bilinear) to ``out_shape``.
 
-    Unlike a CAM it is not divided by its peak: its values are probabilities (the peak is the
-    image's probability), so a normal mammogram shows a faint map, not a saturated one."""
+    Unlike a CAM it is not divided by its peak: its values are the per-cell probabilities the
+    detector was trained to give (not temperature-scaled, so its peak is the sigmoid of the raw
+    image logit, not the calibrated image probability), and a normal mammogram shows a faint map,
+    not a saturated one."""
     if not hasattr(model, "probability_map"):
         raise SecondreadError(None, f"the {OWN_MAP!r} explanation needs a detector with its own map")
     model.eval()
