@@ -174,7 +174,8 @@ def fit_detector(model, x: np.ndarray, targets: np.ndarray, located: np.ndarray,
 
 # ----------------------------------------------------------------------------- candidates
 def probability_maps(model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Per-cell probability map (as trained, not temperature-scaled) of every prepared image ``x`` ``[N, 1, S, S]`` -> ``[N, S/8, S/8]``."""
+    """Per-cell probability map (as trained, not temperature-scaled) of every prepared image ``x``
+    ``[N, 1, S, S]`` -> ``[N, S/8, S/8]``."""
     model.eval()
     with torch.inference_mode():
         parts = [model.probability_map(torch.from_numpy(x[i:i + batch_size]))[:, 0] for i in range(0, len(x), batch_size)]
