@@ -52,7 +52,7 @@ models: $(STAMP)
 	$(VENV)/bin/secondread train --dataset adrenalmnist3d --out $(ZOO)/adrenal-ct-3d
 	$(VENV)/bin/secondread train --dataset lgg --out $(ZOO)/brain-mri-tumour
 	$(VENV)/bin/secondread train --dataset mini-mias --out $(ZOO)/mammo-abnormal
-	$(PY) -m secondread.segment train
+	$(PY) -m secondread.segment_train
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -100,7 +100,7 @@ def _detector_row(data: Path) -> dict:
 
 
 def seg_rows(data: Path) -> list[dict]:
-    """LGG FLAIR abnormality segmentation (val patients): benchmarks/segmentation.py's rows."""
+    """LGG FLAIR abnormality segmentation (out of fold, all patients): benchmarks/segmentation.py's rows."""
     sys.path.insert(0, str(Path(__file__).parent))
     from segmentation import seg_rows as rows
 

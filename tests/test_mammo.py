@@ -8,7 +8,6 @@ the loader under test; figures are recounted from the written CSVs and from the 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ import torch
 
 from secondread.datasets import minimias
 from secondread.explain import gradcam
-from secondread.localise import Region
-from secondread.mammo import augment_with_targets, lesion_target, map_candidates, upsample
-from secondread.models import build, load_bundle
+from secondread.mammo import augment_with_targets, lesion_target, map_candidates
+from secondread.models import load_bundle
 from secondread.models.bundle import calibrated
 from secondread.train import DATASETS, train_bundle
 
@@ -113,6 +111,25 @@ def test_tiny_detector_training_is_deterministic_and_a_complete_bundle(tiny, fol
     logit = bundle.logits(batch)
     with torch.inference_mode():
         assert float(bundle.model.probability_map(batch).max()) == pytest.approx(float(calibrated(logit, 1.0)[0]), abs=1e-6)
+
+
+def test_detector_cv_over_all_women_never_scores_a_woman_it_trained_on(data_root, folder, monkeypatch):
+    """``women="all"`` adds the validation women to the folds (test women stay withheld); each
+    fold's detector is trained without the women it is scored on."""
+    from secondread import mammo
+    from secondread.train import folder_samples
+
+    trained, real = [], mammo._fit_on
+    monkeypatch.setattr(mammo, "_fit_on", lambda info, opt, args, samples, *rest: trained.append(
+        {s.patient for s in samples}) or real(info, opt, args, samples, *rest))
+    result = mammo.cross_validate_detector(data_dir=data_root, folds=[0, 1], women="all", epochs=1, input_size=64)
+    held = {p["patient"] for p in result["per_image"]}
+    val = {s.patient for s in folder_samples("mini-mias", data_root, "val")}
+    assert held & val and result["women"] == "all" and len(trained) == 2
+    for k, women in enumerate(trained):
+        assert not women & {p["patient"] for p in result["per_image"] if p["fold"] == k}
+    with pytest.raises(ValueError):
+        mammo.cross_validate_detector(data_dir=data_root, women="val")
 
 
 def test_tiny_detector_onnx_matches_torch(tiny, folder):

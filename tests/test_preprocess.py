@@ -110,6 +110,23 @@ def test_normalise_methods(xray):
     assert not preprocess.normalise(np.full((4, 4), 3.0), "minmax").any()
 
 
+def test_foreground_scale_ignores_the_signal_s_arbitrary_scale_and_the_brightest_outlier():
+    """An MR slice: air at 0, tissue 100..200, a lesion at 260 and one hot pixel at 5000."""
+    rng = np.random.default_rng(0)
+    px = np.zeros((64, 64))
+    px[8:56, 8:56] = rng.uniform(100, 200, (48, 48))
+    px[20:24, 20:24] = 260.0
+    px[40, 40] = 5000.0
+    out = preprocess.normalise(px, "foreground", high=99.0, ceiling=1.5)
+    tissue = px[(px > 0) & (px < 5000)]
+    reference = np.percentile(px[px > 0], 99.0)  # numpy's percentile of the non-air pixels
+    assert out[0, 0] == 0 and out[40, 40] == pytest.approx(1.5)  # air at 0, the hot pixel clipped
+    np.testing.assert_allclose(out[(px > 0) & (px < 5000)], np.minimum(tissue / reference, 1.5), rtol=1e-5)
+    np.testing.assert_allclose(preprocess.normalise(px * 37 + 5, "foreground", high=99.0), out, atol=1e-6)
+    assert out[22, 22] > 1.0  # the lesion stays brighter than the reference instead of being clipped
+    assert not preprocess.normalise(np.full((4, 4), 3.0), "foreground").any()
+
+
 @pytest.mark.parametrize("spec, words", [
     ([{"op": "sharpen"}], "unknown op"),
     ([{"op": "gaussian", "sigmaa": 1}], "unknown parameter"),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from secondread import segment
+from secondread import segment, segment_train
 from secondread.cli import main
 from secondread.datasets import lgg
 from secondread.errors import SecondreadError
@@ -25,6 +25,7 @@ from secondread.image import Image
 
 TINY_ARCH = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8, 16],
              "strides": [2, 2], "num_res_units": 0}
+TINY_RECIPE = dict(segment_train.RECIPE, arch_args=TINY_ARCH, epochs=2)
 VAL_PATIENT = "TCGA_CS_4944_20010208"  # a val patient folder (lgg.json), 20 slices
 
 
@@ -38,10 +39,9 @@ def lgg_dir(data_root) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bundle(lgg_dir, tmp_path_factory) -> Path:
-    """A tiny U-Net trained for a few steps on 2 real train patients, chosen on 1 val patient."""
+    """A tiny U-Net cross-validated over 3 real patients (one per fold), then trained on all 3."""
     out = tmp_path_factory.mktemp("seg") / "tiny-seg"
-    segment.train_seg(out, lgg_dir.parents[1], epochs=2, train_patients=2, val_patients=1,
-                      arch_args=TINY_ARCH, max_steps=8)
+    segment_train.train_seg(out, lgg_dir.parents[1], recipe=TINY_RECIPE, patients=3, max_steps=8)
     return out
 
 
@@ -70,9 +70,12 @@ def _png(path: Path) -> np.ndarray:
 
 def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
     b = segment.load_seg_bundle(tiny_bundle)
-    assert b.config["task"] == "segmentation" and b.config["training"]["split_used"] == "train"
-    assert b.threshold in segment.THRESHOLDS and b.config["min_region_px"] in segment.MIN_REGIONS
+    assert b.config["task"] == "segmentation" and b.config["training"]["split_used"] == "all"
+    assert b.threshold in segment_train.THRESHOLDS and b.low_threshold in segment_train.LOW_THRESHOLDS
+    assert b.config["min_region_px"] in segment_train.MIN_REGIONS
     assert {"dice_tumour", "fp_rate_empty", "dice_patient_3d", "hd95_tumour"} <= set(b.config["metrics"])
+    assert b.config["metrics"]["split"] == "3-fold cross-validation, out of fold"
+    assert b.config["metrics"]["patients"] == 3 and b.config["recipe"]["epochs"] == 2
     assert (tiny_bundle / "model_card.md").read_text().startswith("# Model card: brain-mri-seg")
 
 
@@ -141,9 +144,28 @@ def test_regions_measure_areas_diameters_and_boxes():
     assert segment.remove_specks(mask, 10).sum() == 200
 
 
-def test_shipped_bundle_on_real_val_slices():
+def test_scoring_patients_the_model_trained_on_is_flagged_as_in_sample(tiny_bundle, lgg_dir, small_data, tmp_path, capsys):
+    """The tiny bundle trained on the first 3 patients: scoring one of them says the figures are
+    in-sample and quotes the out-of-fold Dice; a patient it never saw gets no such note."""
+    trained = segment.load_seg_bundle(tiny_bundle).config["training"]["patient_ids"]
+    assert len(trained) == 3 and "TCGA_CS_4944" not in trained
+    seen_dir = tmp_path / "seen" / trained[0]
+    seen_dir.mkdir(parents=True)
+    for f in sorted(next(lgg_dir.glob(trained[0] + "_*")).iterdir())[:6]:
+        shutil.copy(f, seen_dir / f.name)
+    code, out, _ = _run(capsys, "--model", str(tiny_bundle), "--data", str(tmp_path / "seen"))
+    assert code == 0 and "1 of these patients trained this model" in out and "out of fold" in out
+    code, out, _ = _run(capsys, "--model", str(tiny_bundle), "--data", str(small_data))
+    assert code == 0 and "trained this model" not in out
+
+
+def test_shipped_bundle_on_real_slices():
+    """The shipped weights saw every patient here (their figures are the out-of-fold ones in
+    bundle.json); this checks that they load and outline real tumours, not how well they generalise."""
     bundle = segment.load_seg_bundle("brain-mri-seg")
-    assert bundle.config["training"]["split_used"] == "train"
+    assert bundle.config["training"]["split_used"] == "all" and bundle.config["training"]["patients"] == 36
+    assert bundle.config["metrics"]["split"] == "5-fold cross-validation, out of fold"
+    assert bundle.config["metrics"]["patients"] == 36 and bundle.config["metrics"]["tumour_images"] == 435
     assert sum(p.stat().st_size for p in bundle.path.iterdir()) < 5_000_000
     items = lgg.samples(split="val")
     tumour = sorted((s for s in items if s.label), key=lambda s: -s.attributes["tumour_pixels"])[:6]
@@ -160,16 +182,16 @@ def test_shipped_bundle_on_real_val_slices():
 
 
 def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probability(lgg_dir, tmp_path):
-    """``--seeds 0,1 --average-last 2``: one bundle (one state dict) that loads and segments like any
-    other; its probability equals the mean of two U-Nets rebuilt independently from the weights."""
+    """Two seeds: one bundle (one state dict) that loads and segments like any other; its
+    probability equals the mean of two U-Nets rebuilt independently from the weights."""
     import torch
     from monai.networks.nets import UNet
 
     out = tmp_path / "ens"
-    segment.train_seg(out, lgg_dir.parents[1], epochs=2, train_patients=2, val_patients=1, arch_args=TINY_ARCH,
-                      max_steps=4, seeds=(0, 1), average_last=2)
+    segment_train.train_seg(out, lgg_dir.parents[1], recipe=dict(TINY_RECIPE, seeds=[0, 1]), patients=2, cv=False,
+                            max_steps=4)
     b = segment.load_seg_bundle(out)
-    assert b.config["members"] == 2 and b.config["training"]["seeds"] == [0, 1]
+    assert b.config["members"] == 2 and b.config["training"]["seeds"] == [0, 1] and "metrics" not in b.config
     state = torch.load(out / segment.WEIGHTS_FILE, weights_only=True)
     members = []
     for k in range(2):
@@ -186,11 +208,39 @@ def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probabilit
     assert mask.shape == px.shape
 
 
-def test_weight_average_is_the_elementwise_mean():
-    import torch
+def test_cross_validation_never_predicts_a_patient_with_a_model_that_saw_it(lgg_dir, monkeypatch):
+    """Each fold's model is trained on slices of the other folds' patients only, and every slice
+    gets its logits from exactly one fold (checked by the identity of the slice arrays passed)."""
+    data = segment_train.load_patients(lgg_dir.parents[1], patients=4)
+    owner = {id(px): p for px, p in zip(data["slices"], data["patients"])}
+    seen: list[set] = []
 
-    a, c = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
-    assert segment._mean_state([a, c])["w"].tolist() == [2.0, 4.0]
+    def fake_train(slices, masks, recipe, seed_offset=0, max_steps=None, log=None):
+        seen.append({owner[id(px)] for px in slices})
+        return segment.build_net(TINY_ARCH).eval(), segment_train._unit_spec(recipe), []
+
+    monkeypatch.setattr(segment_train, "train_model", fake_train)
+    logits, facts = segment_train.cross_validate(data, TINY_RECIPE)
+    assert len(seen) == len(data["folds"]) >= 2
+    assert sorted(p for f in data["folds"] for p in f) == sorted(set(data["patients"]))
+    for trained_on, held in zip(seen, data["folds"]):
+        assert trained_on.isdisjoint(held) and trained_on | set(held) == set(data["patients"])
+    assert logits.shape == (len(data["slices"]), 128, 128) and np.isfinite(logits).all()
+    assert [f["patients"] for f in facts] == data["folds"]
+
+
+def test_hysteresis_keeps_a_certain_lesion_s_faint_rim_but_not_a_faint_blob_alone():
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:20, 10:20] = 0.3   # faint rim...
+    prob[13:17, 13:17] = 0.9   # ...around a certain core
+    prob[30:34, 30:34] = 0.3   # a faint blob on its own
+    plain = segment.postprocess(prob, 0.5)
+    assert plain.sum() == 16 and plain[13:17, 13:17].all()
+    hyst = segment.postprocess(prob, 0.5, low=0.2)
+    expected = np.zeros_like(plain)
+    expected[10:20, 10:20] = True
+    assert np.array_equal(hyst, expected)
+    assert segment.postprocess(prob, 0.5, low=0.2, min_px=101).sum() == 0  # the 100 px region is a speck now
 
 
 def test_image_with_spacing_gives_mm(tiny_bundle, lgg_dir):

@@ -313,11 +313,15 @@ def _women_ci(values, groups) -> list[float] | None:
 
 # ----------------------------------------------------------------------------- recipe choice
 def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int = 0, folds=None,
-                            progress: bool = False, arch_args: dict | None = None, **overrides) -> dict:
+                            progress: bool = False, arch_args: dict | None = None, women: str = "train",
+                            **overrides) -> dict:
     """The recipe's localisation and AUC by cross-validation over the saved folds of the *training*
     women (validation is never read): each fold's women are held out in turn, a detector is trained
     on the rest, and its maps are scored on the held-out images. ``overrides`` change the row's
-    ``optim`` entries (``epochs``, ``sigma_factor``, ``input_size``...). Hits are pooled over folds."""
+    ``optim`` entries (``epochs``, ``sigma_factor``, ``input_size``...). Hits are pooled over folds.
+
+    ``women="all"`` folds the training *and* validation women (the test women stay withheld): more
+    held-out lesions (93 against 76) for measuring, once nothing is being chosen on validation."""
     from sklearn.metrics import roc_auc_score
 
     from .datasets.splits import load
@@ -328,7 +332,9 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
     opt = _recipe(info, **overrides)
     args = dict(info["arch_args"], **(arch_args or {}))
     n_folds = len(load(info.get("split_name", dataset))["folds"])
-    samples = folder_samples(dataset, data_dir, "train")
+    if women not in ("train", "all"):
+        raise ValueError(f"women must be 'train' or 'all', not {women!r}")
+    samples = folder_samples(dataset, data_dir, "train") + (folder_samples(dataset, data_dir, "val") if women == "all" else [])
     pixels = [np.asarray(s.image.pixels) for s in samples]
     labels = np.array([int(s.label == int(info["positive_class"])) for s in samples])
     per, aucs, start = [], [], time.perf_counter()
@@ -345,7 +351,7 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
             found = hit_rates(probability_maps(model, x_te), [samples[i] for i in te],
                               min_distance=float(opt.get("min_distance", MIN_DISTANCE)))
             per += [dict(p, fold=k) for p in found["per_image"]]
-    out = {"recipe": {**opt, **args}, "folds": len(aucs), "images_with_located_lesion": len(per),
+    out = {"recipe": {**opt, **args}, "women": women, "folds": len(aucs), "images_with_located_lesion": len(per),
            "auc_by_fold": [round(a, 4) for a in aucs], "auc_mean": round(float(np.mean(aucs)), 4),
            "seconds": round(time.perf_counter() - start, 1)}
     for key in (f"top{k}" for k in TOP_K):
