@@ -6,7 +6,7 @@ The shipped ``brain-mri-seg`` was trained on every LGG patient here, so no patie
 it; its honest figures are out of fold: each slice predicted by a model of the same recipe trained
 without its patient (5 saved folds, ``secondread.segment_train``). By default the U-Net row reads
 those figures from the bundle (``metrics``, written by the training run itself, never by hand);
-``--cv`` measures them again here (5 trainings, about 15 min on 2 quiet cores).
+``--cv`` measures them again here (5 trainings, about 50 min on 2 quiet cores).
 
 Rows (``seg_rows(data)`` returns them in the row format of ``benchmarks/localisation.py``):
 
@@ -62,7 +62,7 @@ def otsu_mask(pixels: np.ndarray, min_px: int) -> np.ndarray:
     if labels.max() == 0:
         return np.zeros(px.shape, bool)
     brain = ndi.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    brain = morphology.binary_erosion(brain, morphology.disk(5))
+    brain = ndi.binary_erosion(brain, structure=morphology.disk(5))
     if brain.sum() < 100:
         return np.zeros(px.shape, bool)
     inside = px[brain]

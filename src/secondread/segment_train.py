@@ -2,9 +2,11 @@
 trained on every patient.
 
 Why cross-validation rather than the validation split: the val split holds 7 patients, and the
-Dice of one recipe moves by more than 0.15 from one group of patients to the next (out-of-fold
-Dice per saved fold ranged 0.57-0.75 on 2026-12-04). The previous bundle's val Dice, 0.789, was
-the luck of its 7 patients: the same recipe scored 0.674 out of fold over all 36 patients. So:
+Dice of one recipe moves by up to 0.1 from one group of patients to the next (out-of-fold Dice
+per saved fold ranged 0.67-0.77 for the shipped recipe on 2026-12-04), and by about 0.03 between
+two runs of the same recipe (0.726 and 0.705 out of fold at the same cut: thread scheduling
+makes CPU training non-deterministic). The previous bundle's val Dice, 0.789, was the luck of its 7 patients: the
+same recipe scored 0.674 out of fold over all 36 patients. So:
 
 1. **Cross-validation** (:func:`cross_validate`): for each of the 5 saved folds of ``lgg.json``
    (per patient, stratified by institution, all 36 patients), a U-Net is trained on the other four
@@ -425,7 +427,7 @@ def model_card(config: dict[str, Any]) -> str:
 # ============================================================================ command line
 def main(argv: list[str] | None = None) -> int:
     """``python -m secondread.segment_train [--out DIR] [--epochs N] [--seeds 1,2] [--no-cv]``:
-    rebuild the shipped bundle (about 6 x 2.5 min on 2 quiet cores)."""
+    rebuild the shipped bundle (about 6 x 10 min on 2 quiet cores: 62 min on 2026-12-04)."""
     p = argparse.ArgumentParser(prog="python -m secondread.segment_train")
     p.add_argument("--out", default=str(segment.ZOO / segment.NAME))
     p.add_argument("--data", default=None, help="data root (default $SECONDREAD_DATA)")
