@@ -41,7 +41,8 @@ def lgg_dir(data_root) -> Path:
 def tiny_bundle(lgg_dir, tmp_path_factory) -> Path:
     """A tiny U-Net cross-validated over 3 real patients (one per fold), then trained on all 3."""
     out = tmp_path_factory.mktemp("seg") / "tiny-seg"
-    segment_train.train_seg(out, lgg_dir.parents[1], recipe=TINY_RECIPE, patients=3, max_steps=8)
+    segment_train.train_seg(out, lgg_dir.parents[1], recipe=TINY_RECIPE, patients=3, max_steps=8,
+                            oof_out=out.parent / "oof.npz")
     return out
 
 
@@ -77,6 +78,30 @@ def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
     assert b.config["metrics"]["split"] == "3-fold cross-validation, out of fold"
     assert b.config["metrics"]["patients"] == 3 and b.config["recipe"]["epochs"] == 2
     assert (tiny_bundle / "model_card.md").read_text().startswith("# Model card: brain-mri-seg")
+
+
+def test_saved_out_of_fold_maps_reproduce_the_bundle_figures(tiny_bundle, lgg_dir):
+    """The saved out-of-fold logits cover every slice of the 3 patients, in order, and every cut of
+    the bundle's selection grid, applied to them, gives the Dice (scikit-learn's F1) and the
+    false-positive rate on empty slices that the bundle recorded."""
+    from sklearn.metrics import f1_score
+
+    from secondread.datasets import lgg
+
+    saved = np.load(tiny_bundle.parent / "oof.npz")
+    b = segment.load_seg_bundle(tiny_bundle)
+    items = [s for s in lgg.samples(lgg_dir.parents[1]) if s.patient in set(saved["patients"])]
+    assert len(set(saved["patients"])) == 3 and list(saved["ids"]) == [s.id for s in items]
+    assert saved["logits"].shape == (len(items), *b.input_shape)
+    truths = [s.lesions[0].mask if s.lesions else np.zeros(s.image.shape, bool) for s in items]
+    probs = [segment._upsampled_probability(lg, t.shape) for lg, t in zip(saved["logits"].astype(np.float32), truths)]
+    for g in b.config["selection"]["grid"]:
+        px = segment._scaled_px(g["min_region_px"], truths[0].shape, b.input_shape)
+        masks = [segment.postprocess(p, g["threshold"], g["low_threshold"], px) for p in probs]
+        dice = [f1_score(t.ravel(), m.ravel(), zero_division=0.0) for t, m in zip(truths, masks) if t.any()]
+        fp = [m.any() for t, m in zip(truths, masks) if not t.any()]
+        assert np.mean(dice) == pytest.approx(g["dice_tumour"], abs=0.01), g
+        assert np.mean(fp) == pytest.approx(g["fp_rate_empty"], abs=0.03), g
 
 
 def test_segment_command_writes_masks_where_the_images_are_and_scores_them(tiny_bundle, small_data, tmp_path, capsys):

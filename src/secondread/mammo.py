@@ -316,7 +316,7 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
                             progress: bool = False, arch_args: dict | None = None, women: str = "train",
                             **overrides) -> dict:
     """The recipe's localisation and AUC by cross-validation over the saved folds of the *training*
-    women (validation is never read): each fold's women are held out in turn, a detector is trained
+    women (by default; validation is then never read): each fold's women are held out in turn, a detector is trained
     on the rest, and its maps are scored on the held-out images. ``overrides`` change the row's
     ``optim`` entries (``epochs``, ``sigma_factor``, ``input_size``...). Hits are pooled over folds.
 
