@@ -3,9 +3,9 @@ trained on every patient.
 
 Why cross-validation rather than the validation split: the val split holds 7 patients, and the
 Dice of one recipe moves by up to 0.1 from one group of patients to the next (out-of-fold Dice
-per saved fold ranged 0.67-0.77 for the shipped recipe on 2026-12-04), and by about 0.03 between
-two runs of the same recipe (0.726 and 0.705 out of fold at the same cut: thread scheduling
-makes CPU training non-deterministic). The previous bundle's val Dice, 0.789, was the luck of its 7 patients: the
+per saved fold ranged 0.67-0.77 for the shipped recipe on 2026-12-04; a scratch harness scored it
+0.726, this trainer 0.705 at the same cut, and a second run of this trainer reproduced its 0.701
+exactly). The previous bundle's val Dice, 0.789, was the luck of its 7 patients: the
 same recipe scored 0.674 out of fold over all 36 patients. So:
 
 1. **Cross-validation** (:func:`cross_validate`): for each of the 5 saved folds of ``lgg.json``
