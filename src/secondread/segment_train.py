@@ -304,17 +304,18 @@ def save_out_of_fold(path, logits: np.ndarray, data: dict) -> Path:
     """Out-of-fold logits (input grid, float16) with each slice's id and patient, as ``.npz``.
 
     Why: cross-validation is the 50 minutes of a rebuild, and post-processing ideas (3D hysteresis
-    across slices, other cuts) need only these maps; written to a temporary file then renamed, so a
-    reader never sees half of one."""
-    import os
+    across slices, other cuts) need only these maps; written whole or not at all
+    (:func:`secondread.evaluate._write_atomic`), so a reader never sees half of one."""
+    import io
+
+    from .evaluate import _write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, logits=logits.astype(np.float16), ids=np.array(data["ids"]),
-                            patients=np.array(data["patients"]))
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, logits=logits.astype(np.float16), ids=np.array(data["ids"]),
+                        patients=np.array(data["patients"]))
+    _write_atomic(path, buf.getvalue())
     return path
 
 
