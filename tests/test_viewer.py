@@ -83,7 +83,15 @@ def upload(page, path: Path, note: str | None = None) -> None:
 
 
 def slice_pixels(page) -> np.ndarray:
-    """The displayed slice as the browser decoded it (drawn to a canvas and read back)."""
+    """The displayed slice as the browser decoded it (drawn to a canvas and read back).
+
+    Waits until no newer slice is on its way and the image is decoded: opening a study renders
+    twice (view, then its window), and between the two the <img> may hold no decoded picture.
+    """
+    page.wait_for_function("""() => {
+        const img = document.querySelector('#slice-img');
+        return !document.querySelector('#stage').dataset.pending && img.complete && img.naturalWidth > 0;
+    }""")
     data = page.evaluate("""() => {
         const img = document.querySelector('#slice-img');
         const c = document.createElement('canvas');

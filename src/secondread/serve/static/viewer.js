@@ -187,7 +187,8 @@ function openView(view) {
   $("slice").disabled = view.slices < 2;
   $("center").min = lo - span / 2; $("center").max = hi + span / 2;
   $("width").min = span / 500; $("width").max = span * 2;
-  resetWindow();
+  state.center = view.window.center;  // not resetWindow(): one render, once the view is set up
+  state.width = view.window.width;
   $("show-heat").disabled = !view.heatmap;
   $("show-contour").disabled = !view.mask;
   $("show-boxes").disabled = !view.boxes.length;
