@@ -82,8 +82,9 @@ def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
 
 def test_saved_out_of_fold_maps_reproduce_the_bundle_figures(tiny_bundle, lgg_dir):
     """The saved out-of-fold logits cover every slice of the 3 patients, in order, and every cut of
-    the bundle's selection grid, applied to them, gives the Dice (scikit-learn's F1) and the
-    false-positive rate on empty slices that the bundle recorded."""
+    the bundle's selection grid (either view, slice by slice or each patient's slices stacked as
+    one volume), applied to them, gives the Dice (scikit-learn's F1) and the false-positive rate on
+    empty slices that the bundle recorded."""
     from sklearn.metrics import f1_score
 
     from secondread.datasets import lgg
@@ -92,12 +93,29 @@ def test_saved_out_of_fold_maps_reproduce_the_bundle_figures(tiny_bundle, lgg_di
     b = segment.load_seg_bundle(tiny_bundle)
     items = [s for s in lgg.samples(lgg_dir.parents[1]) if s.patient in set(saved["patients"])]
     assert len(set(saved["patients"])) == 3 and list(saved["ids"]) == [s.id for s in items]
-    assert saved["logits"].shape == (len(items), *b.input_shape)
+    assert saved["logits"].shape == saved["logits_flip"].shape == (len(items), *b.input_shape)
     truths = [s.lesions[0].mask if s.lesions else np.zeros(s.image.shape, bool) for s in items]
-    probs = [segment._upsampled_probability(lg, t.shape) for lg, t in zip(saved["logits"].astype(np.float32), truths)]
-    for g in b.config["selection"]["grid"]:
+    volumes = {}  # patient -> its slice indices in slice order (mri/lgg holds every slice of a patient)
+    for i, s in sorted(enumerate(items), key=lambda e: (e[1].patient, e[1].attributes["slice"])):
+        volumes.setdefault(s.patient, []).append(i)
+    for idx in volumes.values():
+        numbers = [items[i].attributes["slice"] for i in idx]
+        assert numbers == list(range(numbers[0], numbers[0] + len(idx)))
+    probs = {flip: [segment._upsampled_probability(lg, t.shape) for lg, t in zip(saved[key].astype(np.float32), truths)]
+             for flip, key in ((False, "logits"), (True, "logits_flip"))}
+    grid = b.config["selection"]["grid"]
+    assert {(g["test_time_flip"], g["cut"]) for g in grid} == {(f, c) for f in (False, True) for c in ("slice", "volume")}
+    for g in grid[::7]:
         px = segment._scaled_px(g["min_region_px"], truths[0].shape, b.input_shape)
-        masks = [segment.postprocess(p, g["threshold"], g["low_threshold"], px) for p in probs]
+        p = probs[g["test_time_flip"]]
+        if g["cut"] == "slice":
+            masks = [segment.postprocess(x, g["threshold"], g["low_threshold"], px) for x in p]
+        else:
+            masks = [None] * len(p)
+            for idx in volumes.values():
+                cut = segment.postprocess(np.stack([p[i] for i in idx]), g["threshold"], g["low_threshold"], px)
+                for k, i in enumerate(idx):
+                    masks[i] = cut[k]
         dice = [f1_score(t.ravel(), m.ravel(), zero_division=0.0) for t, m in zip(truths, masks) if t.any()]
         fp = [m.any() for t, m in zip(truths, masks) if not t.any()]
         assert np.mean(dice) == pytest.approx(g["dice_tumour"], abs=0.01), g
@@ -250,7 +268,10 @@ def test_cross_validation_never_predicts_a_patient_with_a_model_that_saw_it(lgg_
     assert sorted(p for f in data["folds"] for p in f) == sorted(set(data["patients"]))
     for trained_on, held in zip(seen, data["folds"]):
         assert trained_on.isdisjoint(held) and trained_on | set(held) == set(data["patients"])
-    assert logits.shape == (len(data["slices"]), 128, 128) and np.isfinite(logits).all()
+    assert set(logits) == {"plain", "flip"}
+    for view in logits.values():
+        assert view.shape == (len(data["slices"]), 128, 128) and np.isfinite(view).all()
+    assert not np.allclose(logits["plain"], logits["flip"])
     assert [f["patients"] for f in facts] == data["folds"]
 
 

@@ -11,14 +11,15 @@ same recipe scored 0.674 out of fold over all 36 patients. So:
 1. **Cross-validation** (:func:`cross_validate`): for each of the 5 saved folds of ``lgg.json``
    (per patient, stratified by institution, all 36 patients), a U-Net is trained on the other four
    for a fixed number of epochs (nothing is chosen by epoch) and predicts the held-out patients.
-2. **Post-processing** (:func:`choose_postprocessing`): threshold, hysteresis low threshold and
-   smallest region are chosen on those out-of-fold probabilities, maximising
-   :func:`secondread.segment.selection_score` (half Dice on tumour slices, half empty slices left
-   empty).
+2. **Post-processing** (:func:`choose_postprocessing`): whether to average each slice with its
+   mirror image (test-time flip), whether to cut slice by slice or each patient's consecutive
+   slices as one volume, the threshold, hysteresis low threshold and smallest region are chosen on
+   those out-of-fold probabilities, maximising :func:`secondread.segment.selection_score` (half
+   Dice on tumour slices, half empty slices left empty).
 3. **Figures**: the out-of-fold masks under that post-processing are scored like any prediction
    (:func:`secondread.segment.summarise`, patient-bootstrap CIs) and recorded in ``bundle.json``
-   as ``metrics``. The post-processing was chosen on the same predictions (3 numbers), so they
-   are very slightly optimistic; the recipe itself was chosen among a handful by the same CV.
+   as ``metrics``. The post-processing was chosen on the same predictions (5 choices), so they
+   are slightly optimistic; the recipe itself was chosen among a handful by the same CV.
 4. **The shipped weights**: the same recipe trained on all 36 patients (25 % more data than any
    fold model) for the same epochs; its in-sample figures are never reported.
 
@@ -65,12 +66,19 @@ LOW_THRESHOLDS = (0.1, 0.2, 0.3, None)
 no hysteresis). A faint rim of a lesion the model is sure of is lesion; a faint blob alone is not."""
 MIN_REGIONS = (0, 16, 32, 64, 128)
 """Candidate smallest-region sizes, in pixels of the input grid (x4 at 256 px)."""
+MIN_VOLUMES = (0, 64, 128, 256, 512, 1024)
+"""Candidate smallest-region sizes when cutting volumes, in voxels of the input grid (x4 at 256 px).
+Larger than :data:`MIN_REGIONS`: a lesion spans several slices."""
+CUTS = {"slice": MIN_REGIONS, "volume": MIN_VOLUMES}
+VIEWS = ("plain", "flip")
+"""Out-of-fold predictions: of each slice alone, and the mean with its mirror image (test-time flip)."""
 
 
 # ============================================================================ data
 def load_patients(data_dir=None, patients: int | None = None) -> dict[str, Any]:
     """Every LGG slice with its mask and patient (optionally only the first ``patients``), and the
-    saved per-patient folds restricted to them (empty folds dropped)."""
+    saved per-patient folds restricted to them (empty folds dropped). ``runs`` groups the slices
+    into series of consecutive slices (:func:`secondread.segment.series_runs`), as inference does."""
     from .datasets import lgg
     from .datasets.splits import load
 
@@ -83,6 +91,7 @@ def load_patients(data_dir=None, patients: int | None = None) -> dict[str, Any]:
     return {"slices": [s.image.pixels for s in items],
             "masks": [s.lesions[0].mask if s.lesions else np.zeros(s.image.shape, bool) for s in items],
             "patients": [s.patient for s in items], "ids": [s.id for s in items],
+            "runs": segment.series_runs([(s.patient, int(s.attributes["slice"])) for s in items]),
             "folds": [f for f in folds if f]}
 
 
@@ -232,12 +241,13 @@ def train_model(slices: list[np.ndarray], masks: list[np.ndarray], recipe: dict,
 
 # ============================================================================ cross-validation
 def cross_validate(data: dict, recipe: dict, max_steps: int | None = None,
-                   log: Callable[[str], None] | None = None) -> tuple[np.ndarray, list[dict]]:
+                   log: Callable[[str], None] | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Out-of-fold logits (input grid, ``[N, S, S]``) of every slice: fold k's patients predicted by
-    a model of ``recipe`` trained on the other folds' patients. Returns ``(logits, per-fold facts)``."""
+    a model of ``recipe`` trained on the other folds' patients, once per :data:`VIEWS` (alone, and
+    averaged with the mirror image). Returns ``({view: logits}, per-fold facts)``."""
     size = int(recipe["input"])
     patients = np.array(data["patients"])
-    logits = np.zeros((len(patients), size, size), np.float32)
+    logits = {view: np.zeros((len(patients), size, size), np.float32) for view in VIEWS}
     facts = []
     for k, held in enumerate(data["folds"]):
         t0 = time.perf_counter()
@@ -245,7 +255,9 @@ def cross_validate(data: dict, recipe: dict, max_steps: int | None = None,
         train = np.flatnonzero(~np.isin(patients, held))
         model, spec, _ = train_model([data["slices"][i] for i in train], [data["masks"][i] for i in train],
                                      recipe, seed_offset=k, max_steps=max_steps)
-        logits[test] = segment._logits(model, segment._prepare(spec, [data["slices"][i] for i in test]))
+        x = segment._prepare(spec, [data["slices"][i] for i in test])
+        for view in VIEWS:
+            logits[view][test] = segment._logits(model, x, flip=view == "flip")
         facts.append({"fold": k, "patients": list(held), "train_patients": len(set(patients[train])),
                       "seconds": round(time.perf_counter() - t0, 1)})
         if log:
@@ -253,55 +265,92 @@ def cross_validate(data: dict, recipe: dict, max_steps: int | None = None,
     return logits, facts
 
 
-def _cut_all(probs: list[np.ndarray], threshold: float, low: float | None, min_px: int) -> list[np.ndarray]:
-    return [segment.postprocess(p, threshold, low, min_px) for p in probs]
+def upsampled(logits: np.ndarray, masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Out-of-fold probabilities at each slice's own size (done once per view: grid and figures share them)."""
+    return [segment._upsampled_probability(lg.astype(np.float32), m.shape) for lg, m in zip(logits, masks)]
 
 
-def _dice_fp(preds: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, float]:
-    """Mean Dice on tumour slices (empty prediction = 0) and FP rate on empty slices (numpy)."""
-    dice, fp = [], []
-    for p, t in zip(preds, masks):
-        if t.any():
-            dice.append(2.0 * (p & t).sum() / (p.sum() + t.sum()))
-        else:
-            fp.append(bool(p.any()))
-    return float(np.mean(dice)) if dice else 0.0, float(np.mean(fp)) if fp else 0.0
+def _units(probs: list[np.ndarray], runs: list[list[int]], cut: str) -> list[tuple[list[int], np.ndarray]]:
+    """What one cut sees: each slice alone, or each run of consecutive slices stacked as a volume
+    (as :func:`secondread.segment.cut_series` does at inference)."""
+    if cut == "slice":
+        return [([i], probs[i]) for i in range(len(probs))]
+    return [(run, np.stack([probs[i] for i in run])) for run in runs]
 
 
-def choose_postprocessing(logits: np.ndarray, masks: list[np.ndarray], input_shape: tuple[int, int]) -> dict[str, Any]:
-    """Threshold, hysteresis low threshold and smallest region (input grid) maximising
-    :func:`segment.selection_score` on out-of-fold predictions at the slices' own size."""
-    probs = [segment._upsampled_probability(lg, m.shape) for lg, m in zip(logits, masks)]
+def cut_out_of_fold(probs: list[np.ndarray], runs: list[list[int]], post: dict, input_shape) -> list[np.ndarray]:
+    """Every slice's mask under ``post`` (``cut``, ``threshold``, ``low_threshold``, ``min_region_px``)."""
+    masks: list[np.ndarray] = [None] * len(probs)  # type: ignore[list-item]
+    px = segment._scaled_px(post["min_region_px"], probs[0].shape, input_shape)
+    for idx, stack in _units(probs, runs, post.get("cut", "slice")):
+        cut = segment.postprocess(stack, post["threshold"], post["low_threshold"], px)
+        for k, i in enumerate(idx):
+            masks[i] = cut if stack.ndim == 2 else cut[k]
+    return masks
+
+
+def _grid_row(cut: str, threshold: float, low: float | None, probs: list[np.ndarray], runs: list[list[int]],
+              masks: list[np.ndarray], input_shape) -> list[tuple[int, float, float]]:
+    """``(min_region, Dice on tumour slices, FP rate on empty slices)`` for every candidate smallest
+    region of ``cut`` at one threshold pair: the hysteresis cut and its labelling are done once and
+    the regions filtered by size, as :func:`secondread.segment.remove_specks` would."""
+    from skimage import measure
+
+    mins = CUTS[cut]
+    scaled = [segment._scaled_px(m, masks[0].shape, input_shape) for m in mins]
+    dice: list[list[float]] = [[] for _ in mins]
+    fp: list[list[bool]] = [[] for _ in mins]
+    for idx, stack in _units(probs, runs, cut):
+        labels = measure.label(segment.postprocess(stack, threshold, low), connectivity=stack.ndim)
+        sizes = np.bincount(labels.ravel())
+        for j, px in enumerate(scaled):
+            keep = sizes >= px if px > 1 else sizes > 0
+            keep[0] = False
+            kept = keep[labels] if stack.ndim == 3 else keep[labels][None]
+            for k, i in enumerate(idx):
+                p, t = kept[k], masks[i]
+                if t.any():
+                    dice[j].append(2.0 * (p & t).sum() / (p.sum() + t.sum()))
+                else:
+                    fp[j].append(bool(p.any()))
+    return [(m, float(np.mean(d)) if d else 0.0, float(np.mean(f)) if f else 0.0) for m, d, f in zip(mins, dice, fp)]
+
+
+def choose_postprocessing(probs: dict[str, list[np.ndarray]], runs: list[list[int]], masks: list[np.ndarray],
+                          input_shape: tuple[int, int]) -> dict[str, Any]:
+    """Test-time flip, cut (slice or volume), threshold, hysteresis low threshold and smallest
+    region (input grid) maximising :func:`segment.selection_score` on out-of-fold probabilities
+    (``probs``: one list per view, at the slices' own size). Ties go to the plainer choice."""
     grid = []
-    for t in THRESHOLDS:
-        for low in LOW_THRESHOLDS:
-            if low is not None and low >= t:
-                continue
-            for m in MIN_REGIONS:
-                preds = _cut_all(probs, t, low, segment._scaled_px(m, masks[0].shape, input_shape))
-                d, f = _dice_fp(preds, masks)
-                grid.append({"threshold": t, "low_threshold": low, "min_region_px": m, "dice_tumour": round(d, 4),
-                             "fp_rate_empty": round(f, 4), "score": round(segment.selection_score(d, f), 5)})
-    best = max(grid, key=lambda g: (g["score"], -abs(g["threshold"] - 0.5), -g["min_region_px"]))
-    return {"threshold": best["threshold"], "low_threshold": best["low_threshold"],
-            "min_region_px": best["min_region_px"], "grid": grid}
+    for view, view_probs in probs.items():
+        for cut in CUTS:
+            for t in THRESHOLDS:
+                for low in LOW_THRESHOLDS:
+                    if low is not None and low >= t:
+                        continue
+                    for m, d, f in _grid_row(cut, t, low, view_probs, runs, masks, input_shape):
+                        grid.append({"test_time_flip": view == "flip", "cut": cut, "threshold": t,
+                                     "low_threshold": low, "min_region_px": m, "dice_tumour": round(d, 4),
+                                     "fp_rate_empty": round(f, 4), "score": round(segment.selection_score(d, f), 5)})
+    best = max(grid, key=lambda g: (g["score"], -g["test_time_flip"], g["cut"] == "slice",
+                                    -abs(g["threshold"] - 0.5), -g["min_region_px"]))
+    return {k: best[k] for k in ("test_time_flip", "cut", "threshold", "low_threshold", "min_region_px")} | {"grid": grid}
 
 
-def out_of_fold_metrics(logits: np.ndarray, data: dict, post: dict, input_shape: tuple[int, int]) -> dict[str, Any]:
+def out_of_fold_metrics(probs: list[np.ndarray], data: dict, post: dict, input_shape: tuple[int, int]) -> dict[str, Any]:
     """The out-of-fold masks under the chosen post-processing, scored like any prediction."""
     per_image, keep = [], {}
-    for lg, truth, pid, iid in zip(logits, data["masks"], data["patients"], data["ids"]):
-        prob = segment._upsampled_probability(lg, truth.shape)
-        mask = segment.postprocess(prob, post["threshold"], post["low_threshold"],
-                                   segment._scaled_px(post["min_region_px"], truth.shape, input_shape))
+    masks = cut_out_of_fold(probs, data["runs"], post, input_shape)
+    for mask, truth, pid, iid in zip(masks, data["masks"], data["patients"], data["ids"]):
         keep[iid] = (mask, truth)
         per_image.append({"id": iid, "patient": pid, "tumour": bool(truth.any()), **segment.score_pair(mask, truth)})
     per_patient = segment.patient_dice(per_image, keep)
     return {**segment.summarise(per_image, per_patient), "per_patient_dice": per_patient}
 
 
-def save_out_of_fold(path, logits: np.ndarray, data: dict) -> Path:
-    """Out-of-fold logits (input grid, float16) with each slice's id and patient, as ``.npz``.
+def save_out_of_fold(path, logits: dict[str, np.ndarray], data: dict) -> Path:
+    """Out-of-fold logits (input grid, float16; ``logits`` alone, ``logits_flip`` averaged with the
+    mirror image) with each slice's id and patient, as ``.npz``.
 
     Why: cross-validation is the 50 minutes of a rebuild, and post-processing ideas (3D hysteresis
     across slices, other cuts) need only these maps; written whole or not at all
@@ -313,7 +362,8 @@ def save_out_of_fold(path, logits: np.ndarray, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez_compressed(buf, logits=logits.astype(np.float16), ids=np.array(data["ids"]),
+    np.savez_compressed(buf, logits=logits["plain"].astype(np.float16), logits_flip=logits["flip"].astype(np.float16),
+                        ids=np.array(data["ids"]),
                         patients=np.array(data["patients"]))
     _write_atomic(path, buf.getvalue())
     return path
@@ -343,12 +393,15 @@ def train_seg(out, data_dir=None, *, recipe: dict | None = None, patients: int |
             logits, facts = cross_validate(data, recipe, max_steps, log)
             if oof_out is not None:
                 save_out_of_fold(oof_out, logits, data)
-            post = choose_postprocessing(logits, data["masks"], shape)
-            config.update({k: post[k] for k in ("threshold", "low_threshold", "min_region_px")})
+            probs = {view: upsampled(lg, data["masks"]) for view, lg in logits.items()}
+            post = choose_postprocessing(probs, data["runs"], data["masks"], shape)
+            config.update({k: post[k] for k in ("test_time_flip", "cut", "threshold", "low_threshold", "min_region_px")})
+            chosen = probs["flip" if post["test_time_flip"] else "plain"]
             config["metrics"] = {"split": f"{len(data['folds'])}-fold cross-validation, out of fold",
-                                 **out_of_fold_metrics(logits, data, post, shape)}
+                                 **out_of_fold_metrics(chosen, data, post, shape)}
             config["selection"] = {"objective": "0.5 * mean Dice on tumour slices + 0.5 * (1 - FP rate on empty "
                                                 "slices), out of fold", "grid": post["grid"], "folds": facts}
+            del probs, chosen
         t_fit, c_fit = time.perf_counter(), time.process_time()
         model, spec, history = train_model(data["slices"], data["masks"], recipe, max_steps=max_steps, log=log)
         config["preprocessing"] = spec
@@ -368,7 +421,8 @@ def _base_config(recipe: dict, data: dict, shape: tuple[int, int]) -> dict[str, 
             "created": time.strftime("%Y-%m-%d"), "finding": "FLAIR abnormality (lower-grade glioma)",
             "modalities": ["MR", "OT"], "architecture": segment.ARCHITECTURE, "arch_args": recipe["arch_args"],
             "members": len(recipe["seeds"]), "input_shape": list(shape), "preprocessing": [],
-            "threshold": 0.5, "low_threshold": None, "min_region_px": 0, "recipe": recipe,
+            "threshold": 0.5, "low_threshold": None, "min_region_px": 0, "cut": "slice", "test_time_flip": False,
+            "recipe": recipe,
             "training": {"dataset": "lgg", "split_used": "all", "patients": len(set(data["patients"])),
                          "patient_ids": sorted(set(data["patients"])),
                          "n_train": len(data["slices"]), "n_train_tumour": int(sum(m.any() for m in data["masks"])),
@@ -412,13 +466,18 @@ def model_card(config: dict[str, Any]) -> str:
     card, m, t = config.get("card", {}), config.get("metrics", {}), config.get("training", {})
     slice_px = segment._scaled_px(config["min_region_px"], (256, 256), config["input_shape"])
     low = config.get("low_threshold")
+    volume = config.get("cut") == "volume"
+    unit = "voxels" if volume else "px"
     lines = [f"# Model card: {config['name']} {config.get('version', '')}".rstrip(), "",
              f"Created {config.get('created', '?')}. Task: **segmentation** of {config.get('finding', '?')}. "
              f"Architecture MONAI `UNet` {json.dumps(config['arch_args'])}, input {config['input_shape']} px; "
-             f"the probability map is resized to the slice's size, cut at {config['threshold']}"
+             "the probability map"
+             + (" (the mean of the slice's and of its mirror image's logits)" if config.get("test_time_flip") else "")
+             + f" is resized to the slice's size, cut at {config['threshold']}"
              + (f" with hysteresis down to {low}" if low is not None else "")
-             + f", and regions smaller than {config['min_region_px']} px of the input grid ({slice_px} px of a "
-             "256 px slice) are dropped (chosen out of fold).", "",
+             + (", each series of consecutive slices as one volume" if volume else ", slice by slice")
+             + f", and regions smaller than {config['min_region_px']} {unit} of the input grid ({slice_px} {unit} "
+             "at 256 px) are dropped (all chosen out of fold).", "",
              "## Intended use", "", card.get("intended_use", "Research decision support; not a diagnosis."), "",
              "## Data", "", card.get("data", "?"), "",
              f"Training: {t.get('n_train', '?')} slices ({t.get('n_train_tumour', '?')} with tumour) of "
@@ -439,7 +498,7 @@ def model_card(config: dict[str, Any]) -> str:
                   f"{'met' if (m.get('dice_tumour') or 0) >= 0.80 else 'not met'} out of fold",
                   "", "Each slice is predicted by a model that never saw its patient; confidence intervals are "
                   "percentile bootstraps over patients; Dice counts an empty prediction on a tumour slice as 0. "
-                  "The threshold, hysteresis and speck size were chosen on these same predictions, so the "
+                  "The test-time flip, cut, threshold, hysteresis and speck size were chosen on these same predictions, so the "
                   "figures are slightly optimistic. The shipped weights saw every patient here: their own "
                   "figures on these slices would be in-sample and are not reported."]
     lines += ["", "## Limits", ""] + [f"- {item}" for item in card.get("limits", [])]
