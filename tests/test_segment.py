@@ -337,3 +337,65 @@ def test_errors_are_secondread_errors():
     with pytest.raises(SecondreadError, match="too small"):
         segment.segment_image(Image(np.ones((4, 4))), segment.SegBundle(Path("."), {}, None, ""))
     assert "brain-mri-seg" in segment.shipped_names() and "pneumonia" not in segment.shipped_names()
+
+
+def test_series_runs_join_only_consecutive_slices_of_one_patient():
+    keys = [("A", 3), ("A", 1), ("B", 1), (None, 5), ("A", 2), ("B", 3), ("A", 5), ("C", None), ("B", 2)]
+    assert segment.series_runs(keys) == [[1, 4, 0], [2, 8, 5], [3], [6], [7]]
+    assert segment.series_runs([("A", 1), ("A", 1)]) == [[0], [1]]  # a repeated slice is not its own neighbour
+    names = ["TCGA_CS_4941_19960909_12_flair.png", "TCGA_HT_7692_19960724_3.tif", "a.png", "scan.nii.gz"]
+    assert [segment.slice_number(Path(n)) for n in names] == [12, 3, None, None]
+
+
+def _volume_bundle(cut: str) -> segment.SegBundle:
+    config = {"threshold": 0.5, "low_threshold": 0.2, "min_region_px": 40, "input_shape": [40, 40], "cut": cut}
+    return segment.SegBundle(Path("."), config, None, "")
+
+
+def test_volume_cut_joins_a_faint_slice_to_the_core_next_to_it_and_drops_lone_specks():
+    """Hand-built maps: a certain core on slice 1, the same lesion faint on slices 0 and 2, and a
+    certain 30-pixel blob alone on slice 2; smallest region 40 pixels (voxels). Slice by slice, the
+    faint slices are lost; cut as a volume, hysteresis reaches them through the core. The blob is
+    dropped either way: 30 pixels on its slice, 30 voxels in the volume."""
+    probs = [np.zeros((40, 40), np.float32) for _ in range(3)]
+    for z, p in enumerate((0.3, 0.9, 0.3)):
+        probs[z][10:20, 10:20] = p
+    probs[2][30:35, 30:36] = 0.9  # 30 px, certain, alone
+    by_slice = segment.cut_series(_volume_bundle("slice"), probs)
+    assert [m.sum() for m in by_slice] == [0, 100, 0]
+    by_volume = segment.cut_series(_volume_bundle("volume"), probs)
+    assert [m[10:20, 10:20].all() for m in by_volume] == [True, True, True]
+    assert [m.sum() for m in by_volume] == [100, 100, 100]
+    # slices of different sizes cannot be stacked: they are cut one by one
+    odd = [probs[0], probs[1], np.pad(probs[2], 4)]
+    assert [m.sum() for m in segment.cut_series(_volume_bundle("volume"), odd)] == [0, 100, 0]
+
+
+def test_segment_command_with_a_volume_cut_bundle_cuts_each_patient_as_one_volume(tiny_bundle, small_data,
+                                                                                    tmp_path, capsys):
+    """A bundle that cuts volumes gives, for each slice, the slice of the stacked cut of its
+    patient's probability maps; an unreadable slice is reported and splits the series there."""
+    bundle_dir = tmp_path / "vol-seg"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    config = json.loads((bundle_dir / "bundle.json").read_text())
+    config.update(cut="volume", threshold=0.5, low_threshold=0.1, min_region_px=64)
+    (bundle_dir / "bundle.json").write_text(json.dumps(config))
+    bundle = segment.load_seg_bundle(bundle_dir)
+    slices = sorted(small_data.rglob("*_flair.png"), key=segment.slice_number)
+    probs = segment.probability_maps(bundle, [_png(p) for p in slices])
+    expected = segment.postprocess(np.stack(probs), 0.5, 0.1, bundle.min_region_px(probs[0].shape))
+    code, _, err = _run(capsys, "--model", str(bundle_dir), "--data", str(small_data), "--masks-out",
+                        str(tmp_path / "m"), "--json")
+    assert code == 0, err
+    for z, path in enumerate(slices):
+        written = _png(tmp_path / "m" / path.relative_to(small_data))
+        assert np.array_equal(written > 0, expected[z]), path.name
+    broken = tmp_path / "broken"
+    shutil.copytree(small_data, broken)
+    bad = next(broken.rglob(slices[len(slices) // 2].name))
+    bad.write_bytes(b"not a png")
+    code, out, err = _run(capsys, "--model", str(bundle_dir), "--data", str(broken), "--json")
+    result = json.loads(out)
+    assert code == 1 and len(result["failed"]) == 1 and bad.name in result["failed"][0]  # the rest is done
+    assert err.strip().count("\n") == 0 and bad.name in err
+    assert len(result["per_image"]) == len(slices) - 1
