@@ -9,7 +9,6 @@ finite validation set carries a bootstrap confidence interval.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from .atomic import write_csv
+from .atomic import write_bytes, write_csv
 from .errors import SecondreadError
 from .io import medmnist
 from .io.medmnist import load_split
@@ -195,17 +194,6 @@ def write_predictions(path: str | os.PathLike, labels, probs, ids=None) -> Path:
                      ((i, int(y), repr(float(p))) for i, y, p in zip(ids, labels, probs)), make_parents=True)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_plots(plots_dir: str | os.PathLike, y, probs, threshold: float, operating_points: dict, title: str,
                 finding: str = "positive") -> dict[str, str]:
     """``roc.png`` (with the operating points) and ``confusion.png`` (at ``threshold``) in ``plots_dir``."""
@@ -218,8 +206,8 @@ def write_plots(plots_dir: str | os.PathLike, y, probs, threshold: float, operat
         raise SecondreadError(folder, f"cannot create the plots folder ({exc.strerror or type(exc).__name__})") from None
     confusion = _at_threshold(y, probs, threshold)["confusion"]
     files = {"roc": folder / "roc.png", "confusion": folder / "confusion.png"}
-    _write_atomic(files["roc"], roc_figure(y, probs, title, operating_points))
-    _write_atomic(files["confusion"], confusion_figure(confusion, f"{title}, threshold {threshold:.3f}",
+    write_bytes(files["roc"], roc_figure(y, probs, title, operating_points))
+    write_bytes(files["confusion"], confusion_figure(confusion, f"{title}, threshold {threshold:.3f}",
                                                        positive=finding, negative=f"no {finding}"))
     return {k: str(v) for k, v in files.items()}
 

@@ -173,12 +173,19 @@ def fit_detector(model, x: np.ndarray, targets: np.ndarray, located: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- candidates
-def probability_maps(model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def probability_maps(model, x: np.ndarray, batch_size: int = 32, flip: bool = False) -> np.ndarray:
     """Per-cell probability map (as trained, not temperature-scaled) of every prepared image ``x``
-    ``[N, 1, S, S]`` -> ``[N, S/8, S/8]``."""
+    ``[N, 1, S, S]`` -> ``[N, S/8, S/8]``; with ``flip`` the mean with the map of the mirrored
+    image, mirrored back (measured by :func:`cross_validate_detector`, ``test_time_flip``)."""
     model.eval()
+    parts = []
     with torch.inference_mode():
-        parts = [model.probability_map(torch.from_numpy(x[i:i + batch_size]))[:, 0] for i in range(0, len(x), batch_size)]
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[i:i + batch_size])
+            heat = model.probability_map(xb)[:, 0]
+            if flip:
+                heat = 0.5 * (heat + torch.flip(model.probability_map(torch.flip(xb, dims=[-1]))[:, 0], dims=[-1]))
+            parts.append(heat)
     return torch.cat(parts).numpy() if parts else np.zeros((0, 1, 1), np.float32)
 
 
@@ -348,7 +355,7 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
             x_te = prepare_images(spec, [pixels[i] for i in te])
             logits = batched_logits(model, x_te).numpy()
             aucs.append(float(roc_auc_score(labels[te], logits)))
-            found = hit_rates(probability_maps(model, x_te), [samples[i] for i in te],
+            found = hit_rates(probability_maps(model, x_te, flip=bool(opt.get("test_time_flip"))), [samples[i] for i in te],
                               min_distance=float(opt.get("min_distance", MIN_DISTANCE)))
             per += [dict(p, fold=k) for p in found["per_image"]]
     out = {"recipe": {**opt, **args}, "women": women, "folds": len(aucs), "images_with_located_lesion": len(per),

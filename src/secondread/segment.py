@@ -7,7 +7,8 @@ plus the mask's connected components measured in pixels and, where the spacing i
 The shipped bundle ``brain-mri-seg`` is a compact MONAI U-Net for FLAIR abnormality on LGG brain
 MRI slices (``mri/lgg``), trained on CPU by :mod:`secondread.segment_train`
 (``python -m secondread.segment_train``): measured by 5-fold cross-validation over the patients,
-its threshold, hysteresis and smallest region chosen out of fold, then trained on every patient;
+its test-time flip, cut (slice by slice, or each patient's consecutive slices as one volume),
+threshold, hysteresis and smallest region chosen out of fold, then trained on every patient;
 the withheld ``test`` patients are never read.
 
 Bundle layout (same spirit as :mod:`secondread.models.bundle`, which holds classifiers and whose
@@ -43,7 +44,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -579,14 +579,13 @@ def write_mask_png(path: Path, mask: np.ndarray) -> Path:
     """Write ``mask`` as an 8-bit PNG of 0/255 (temp file then rename: never half a file)."""
     from PIL import Image as PILImage
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    from .atomic import replacing
+
     try:
-        PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise SecondreadError(path, f"cannot write the mask ({exc.strerror or type(exc).__name__})") from None
     return path
 
@@ -764,7 +763,9 @@ def segment_dataset(model: str | os.PathLike, data: str | os.PathLike, split: st
     seen = patients_seen_in_training(bundle, {r["patient"] for r in per_image if r["patient"] and r["tumour"] is not None})
     return {"model": bundle.name, "bundle_sha256": bundle.sha256, "data": str(root), "split": split,
             "patients_seen_in_training": len(seen), "bundle_metrics": bundle.config.get("metrics"),
-            "threshold": bundle.threshold, "min_region_px_input": bundle.config["min_region_px"],
+            "threshold": bundle.threshold, "low_threshold": bundle.low_threshold,
+            "min_region_px_input": bundle.config["min_region_px"], "cut": "volume" if bundle.cuts_volumes else "slice",
+            "test_time_flip": bundle.test_time_flip,
             "summary": summarise(per_image, per_patient), "per_patient_dice": per_patient,
             "per_image": per_image, "failed": failed, "masks_out": None if out is None else str(out),
             "predictions": None if predictions is None else str(predictions),

@@ -354,10 +354,10 @@ def save_out_of_fold(path, logits: dict[str, np.ndarray], data: dict) -> Path:
 
     Why: cross-validation is the 50 minutes of a rebuild, and post-processing ideas (3D hysteresis
     across slices, other cuts) need only these maps; written whole or not at all
-    (:func:`secondread.evaluate._write_atomic`), so a reader never sees half of one."""
+    (:func:`secondread.atomic.write_bytes`), so a reader never sees half of one."""
     import io
 
-    from .evaluate import _write_atomic
+    from .atomic import write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +365,7 @@ def save_out_of_fold(path, logits: dict[str, np.ndarray], data: dict) -> Path:
     np.savez_compressed(buf, logits=logits["plain"].astype(np.float16), logits_flip=logits["flip"].astype(np.float16),
                         ids=np.array(data["ids"]),
                         patients=np.array(data["patients"]))
-    _write_atomic(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return path
 
 

@@ -70,7 +70,6 @@ import io
 import logging
 import os
 import secrets
-import tempfile
 import uuid
 import warnings
 from collections.abc import Callable
@@ -90,6 +89,7 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
+from ..atomic import replacing
 from ..errors import SecondreadError
 from .dicom import is_dicom
 
@@ -469,14 +469,10 @@ def write_atomic(ds: Dataset, out: Path) -> None:
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
     except OSError as exc:
         raise SecondreadError(out, f"cannot create the output ({exc.strerror or type(exc).__name__})") from None
     try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
     except Exception as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise SecondreadError(out, f"cannot write the de-identified copy ({type(exc).__name__})") from None

@@ -13,11 +13,11 @@ import datetime as _dt
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replacing
 from ..errors import SecondreadError
 
 log = logging.getLogger("secondread.pacs")
@@ -180,13 +180,10 @@ class PacsClient:
         folder = dest / series_uid
         folder.mkdir(exist_ok=True)
         target = folder / f"{sop_uid}.dcm"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        os.close(fd)
         try:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, target)
+            with replacing(target) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
         except Exception as exc:  # noqa: BLE001 - a dataset pydicom cannot re-encode
-            Path(tmp).unlink(missing_ok=True)
             raise SecondreadError(f"{self.url} study {study_uid}",
                                   f"cannot write instance {sop_uid} ({type(exc).__name__})") from None
         return target
