@@ -73,7 +73,7 @@ def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
     b = segment.load_seg_bundle(tiny_bundle)
     assert b.config["task"] == "segmentation" and b.config["training"]["split_used"] == "all"
     assert b.threshold in segment_train.THRESHOLDS and b.low_threshold in segment_train.LOW_THRESHOLDS
-    assert b.config["min_region_px"] in segment_train.MIN_REGIONS
+    assert b.config["min_region_px"] in segment_train.CUTS[b.config["cut"]]
     assert {"dice_tumour", "fp_rate_empty", "dice_patient_3d", "hd95_tumour"} <= set(b.config["metrics"])
     assert b.config["metrics"]["split"] == "3-fold cross-validation, out of fold"
     assert b.config["metrics"]["patients"] == 3 and b.config["recipe"]["epochs"] == 2
@@ -348,7 +348,8 @@ def test_series_runs_join_only_consecutive_slices_of_one_patient():
 
 
 def _volume_bundle(cut: str) -> segment.SegBundle:
-    config = {"threshold": 0.5, "low_threshold": 0.2, "min_region_px": 40, "input_shape": [40, 40], "cut": cut}
+    config = {"threshold": 0.5, "low_threshold": 0.2, "min_region_px": 40, "input_shape": [40, 40], "cut": cut,
+              "slice_cut": {"threshold": 0.5, "low_threshold": None, "min_region_px": 10}}
     return segment.SegBundle(Path("."), config, None, "")
 
 
@@ -367,8 +368,11 @@ def test_volume_cut_joins_a_faint_slice_to_the_core_next_to_it_and_drops_lone_sp
     assert [m[10:20, 10:20].all() for m in by_volume] == [True, True, True]
     assert [m.sum() for m in by_volume] == [100, 100, 100]
     # slices of different sizes cannot be stacked: they are cut one by one
+    # a slice without neighbours (alone, or among slices of other sizes) gets the slice setting:
+    # no hysteresis, 10 px floor, so the 30-pixel blob stays
     odd = [probs[0], probs[1], np.pad(probs[2], 4)]
-    assert [m.sum() for m in segment.cut_series(_volume_bundle("volume"), odd)] == [0, 100, 0]
+    assert [m.sum() for m in segment.cut_series(_volume_bundle("volume"), odd)] == [0, 100, 30]
+    assert segment.cut_series(_volume_bundle("volume"), [probs[2]])[0].sum() == 30
 
 
 def test_segment_command_with_a_volume_cut_bundle_cuts_each_patient_as_one_volume(tiny_bundle, small_data,
@@ -379,6 +383,10 @@ def test_segment_command_with_a_volume_cut_bundle_cuts_each_patient_as_one_volum
     shutil.copytree(tiny_bundle, bundle_dir)
     config = json.loads((bundle_dir / "bundle.json").read_text())
     config.update(cut="volume", threshold=0.5, low_threshold=0.1, min_region_px=64)
+    (bundle_dir / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(SecondreadError, match="slice_cut"):  # a volume cut must say how to cut a lone slice
+        segment.load_seg_bundle(bundle_dir)
+    config["slice_cut"] = {"threshold": 0.5, "low_threshold": None, "min_region_px": 16}
     (bundle_dir / "bundle.json").write_text(json.dumps(config))
     bundle = segment.load_seg_bundle(bundle_dir)
     slices = sorted(small_data.rglob("*_flair.png"), key=segment.slice_number)

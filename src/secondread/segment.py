@@ -16,8 +16,9 @@ loader builds only the classifier architectures, hence the small loader here)::
 
     <dir>/bundle.json    "task": "segmentation", architecture, preprocessing, input_shape,
                          threshold, low_threshold (hysteresis, optional), min_region_px (at the
-                         input grid), cut ("slice" or "volume", optional), test_time_flip
-                         (optional), metrics with CIs, the recipe, provenance
+                         input grid), cut ("slice" or "volume", optional; a volume cut
+                         carries slice_cut, the setting for a slice without neighbours),
+                         test_time_flip (optional), metrics with CIs, the recipe, provenance
     <dir>/weights.pt     the U-Net state_dict (loaded with ``weights_only=True``)
     <dir>/model_card.md  written from bundle.json
 
@@ -140,6 +141,17 @@ class SegBundle:
         (scaled from the input grid by the slice's area)."""
         return _scaled_px(float(self.config["min_region_px"]), shape, self.input_shape)
 
+    def cut_settings(self, volume: bool) -> tuple[float, float | None, float]:
+        """``(threshold, low threshold, smallest region on the input grid)`` for cutting a stack of
+        slices (``volume``) or one slice.
+
+        Why two: a bundle that cuts volumes chose its smallest region in voxels, far too large as a
+        smallest area for a slice that has no neighbours (a lone PNG); for that slice it keeps the
+        best slice-by-slice setting of the same out-of-fold maps (``slice_cut``)."""
+        c = self.config["slice_cut"] if self.cuts_volumes and not volume else self.config
+        low = c.get("low_threshold")
+        return float(c["threshold"]), None if low is None else float(low), float(c["min_region_px"])
+
     @property
     def cuts_volumes(self) -> bool:
         """Consecutive slices of one series are cut as one volume (3D hysteresis and regions)."""
@@ -186,6 +198,11 @@ def load_seg_bundle(name_or_path: str | os.PathLike) -> SegBundle:
                            "min_region_px") if k not in config]
     if missing:
         raise SecondreadError(folder / CONFIG_FILE, f"missing key(s): {', '.join(missing)}")
+    if config.get("cut", "slice") not in ("slice", "volume"):
+        raise SecondreadError(folder / CONFIG_FILE, f"unknown cut {config['cut']!r} (slice or volume)")
+    if config.get("cut") == "volume" and not (isinstance(config.get("slice_cut"), dict) and
+                                              {"threshold", "min_region_px"} <= set(config["slice_cut"])):
+        raise SecondreadError(folder / CONFIG_FILE, "a volume cut needs slice_cut (threshold, min_region_px) for lone slices")
     if config["architecture"] != ARCHITECTURE:
         raise SecondreadError(folder / CONFIG_FILE, f"unknown architecture {config['architecture']!r}")
     model = build_net(config["arch_args"], config.get("members", 1))
@@ -276,7 +293,8 @@ def postprocess(prob: np.ndarray, threshold: float, low: float | None = None, mi
 
 def cut(bundle: SegBundle, prob: np.ndarray) -> np.ndarray:
     """Probability map -> boolean mask with the bundle's post-processing (:func:`postprocess`)."""
-    return postprocess(prob, bundle.threshold, bundle.low_threshold, bundle.min_region_px(prob.shape))
+    threshold, low, min_px = bundle.cut_settings(volume=prob.ndim == 3)
+    return postprocess(prob, threshold, low, _scaled_px(min_px, prob.shape, bundle.input_shape))
 
 
 def cut_series(bundle: SegBundle, probs: list[np.ndarray]) -> list[np.ndarray]:
@@ -765,6 +783,7 @@ def segment_dataset(model: str | os.PathLike, data: str | os.PathLike, split: st
             "patients_seen_in_training": len(seen), "bundle_metrics": bundle.config.get("metrics"),
             "threshold": bundle.threshold, "low_threshold": bundle.low_threshold,
             "min_region_px_input": bundle.config["min_region_px"], "cut": "volume" if bundle.cuts_volumes else "slice",
+            "slice_cut": bundle.config.get("slice_cut"),
             "test_time_flip": bundle.test_time_flip,
             "summary": summarise(per_image, per_patient), "per_patient_dice": per_patient,
             "per_image": per_image, "failed": failed, "masks_out": None if out is None else str(out),
