@@ -108,8 +108,7 @@ def _unet_figures(bundle, data: Path, cv: bool) -> dict:
     folds = segment_train.load_patients(data)
     logits, _ = segment_train.cross_validate(folds, bundle.config["recipe"])
     probs = segment_train.upsampled(logits["flip" if bundle.test_time_flip else "plain"], folds["masks"])
-    post = {k: bundle.config.get(k) for k in ("cut", "threshold", "low_threshold", "min_region_px")}
-    return segment_train.out_of_fold_metrics(probs, folds, post, bundle.input_shape)
+    return segment_train.out_of_fold_metrics(probs, folds, bundle.config, bundle.input_shape)
 
 
 def _seconds_per_slice(bundle, samples, every: int = 10) -> float:

@@ -391,7 +391,7 @@ def test_segment_command_with_a_volume_cut_bundle_cuts_each_patient_as_one_volum
     bundle = segment.load_seg_bundle(bundle_dir)
     slices = sorted(small_data.rglob("*_flair.png"), key=segment.slice_number)
     probs = segment.probability_maps(bundle, [_png(p) for p in slices])
-    expected = segment.postprocess(np.stack(probs), 0.5, 0.1, bundle.min_region_px(probs[0].shape))
+    expected = segment.postprocess(np.stack(probs), 0.5, 0.1, segment._scaled_px(64, probs[0].shape, bundle.input_shape))
     code, _, err = _run(capsys, "--model", str(bundle_dir), "--data", str(small_data), "--masks-out",
                         str(tmp_path / "m"), "--json")
     assert code == 0, err

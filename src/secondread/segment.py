@@ -136,21 +136,18 @@ class SegBundle:
         low = self.config.get("low_threshold")
         return None if low is None else float(low)
 
-    def min_region_px(self, shape: tuple[int, ...]) -> int:
-        """Smallest region kept, in pixels (voxels when cutting volumes) of an image of ``shape``
-        (scaled from the input grid by the slice's area)."""
-        return _scaled_px(float(self.config["min_region_px"]), shape, self.input_shape)
-
-    def cut_settings(self, volume: bool) -> tuple[float, float | None, float]:
-        """``(threshold, low threshold, smallest region on the input grid)`` for cutting a stack of
-        slices (``volume``) or one slice.
+    def cut_settings(self, shape: tuple[int, ...]) -> tuple[float, float | None, int]:
+        """``(threshold, low threshold, smallest region)`` for cutting a probability map of
+        ``shape``: a stack of slices (3D) or one slice (2D), the smallest region in its pixels
+        (voxels) scaled from the input grid by the slice's area.
 
         Why two: a bundle that cuts volumes chose its smallest region in voxels, far too large as a
         smallest area for a slice that has no neighbours (a lone PNG); for that slice it keeps the
         best slice-by-slice setting of the same out-of-fold maps (``slice_cut``)."""
-        c = self.config["slice_cut"] if self.cuts_volumes and not volume else self.config
+        c = self.config["slice_cut"] if self.cuts_volumes and len(shape) == 2 else self.config
         low = c.get("low_threshold")
-        return float(c["threshold"]), None if low is None else float(low), float(c["min_region_px"])
+        return (float(c["threshold"]), None if low is None else float(low),
+                _scaled_px(float(c["min_region_px"]), shape, self.input_shape))
 
     @property
     def cuts_volumes(self) -> bool:
@@ -293,8 +290,7 @@ def postprocess(prob: np.ndarray, threshold: float, low: float | None = None, mi
 
 def cut(bundle: SegBundle, prob: np.ndarray) -> np.ndarray:
     """Probability map -> boolean mask with the bundle's post-processing (:func:`postprocess`)."""
-    threshold, low, min_px = bundle.cut_settings(volume=prob.ndim == 3)
-    return postprocess(prob, threshold, low, _scaled_px(min_px, prob.shape, bundle.input_shape))
+    return postprocess(prob, *bundle.cut_settings(prob.shape))
 
 
 def cut_series(bundle: SegBundle, probs: list[np.ndarray]) -> list[np.ndarray]:
