@@ -275,6 +275,28 @@ def test_cross_validation_never_predicts_a_patient_with_a_model_that_saw_it(lgg_
     assert [f["patients"] for f in facts] == data["folds"]
 
 
+def test_slice_dice_loss_is_the_mean_soft_dice_of_tumour_slices_plus_bce():
+    """Reference by hand in numpy: soft Dice per slice (sigmoid probabilities), empty slices left
+    out of the Dice term, and the BCE of every pixel."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (3, 1, 8, 8)).astype(np.float32)
+    masks = np.zeros((3, 1, 8, 8), np.float32)
+    masks[0, 0, 2:5, 2:5] = 1  # a 9 px lesion
+    masks[2, 0, :, 4:] = 1     # a 32 px lesion; slice 1 is empty
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -np.mean(masks * np.log(p) + (1 - masks) * np.log(1 - p))
+    dice = [1 - (2 * (p[i] * masks[i]).sum() + 1e-5) / (p[i].sum() + masks[i].sum() + 1e-5) for i in (0, 2)]
+    loss = segment_train.segmentation_loss("slice_dice")(torch.from_numpy(logits), torch.from_numpy(masks))
+    assert float(loss) == pytest.approx(bce + np.mean(dice), rel=1e-5)
+    empty = torch.zeros((2, 1, 8, 8))
+    assert float(segment_train.segmentation_loss("slice_dice")(torch.from_numpy(logits[:2]), empty)) == pytest.approx(
+        -np.mean(np.log(1 - p[:2])), rel=1e-5)  # no tumour slice: BCE alone
+    with pytest.raises(ValueError, match="unknown loss"):
+        segment_train.segmentation_loss("focal")
+
+
 def test_hysteresis_keeps_a_certain_lesion_s_faint_rim_but_not_a_faint_blob_alone():
     prob = np.zeros((40, 40), np.float32)
     prob[10:20, 10:20] = 0.3   # faint rim...
