@@ -224,17 +224,21 @@ def test_shipped_bundle_on_real_slices():
     assert sum(p < 50 for p in pixels) >= len(empty) - 1, pixels
 
 
-def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probability(lgg_dir, tmp_path):
-    """Two seeds: one bundle (one state dict) that loads and segments like any other; its
-    probability equals the mean of two U-Nets rebuilt independently from the weights."""
+def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probability(lgg_dir, tmp_path, monkeypatch):
+    """Two seeds, each with its own loss: one bundle (one state dict) that loads and segments like
+    any other; its probability equals the mean of two U-Nets rebuilt independently from the weights."""
     import torch
     from monai.networks.nets import UNet
 
+    used, real_loss = [], segment_train.segmentation_loss
+    monkeypatch.setattr(segment_train, "segmentation_loss", lambda name: used.append(name) or real_loss(name))
     out = tmp_path / "ens"
-    segment_train.train_seg(out, lgg_dir.parents[1], recipe=dict(TINY_RECIPE, seeds=[0, 1]), patients=2, cv=False,
-                            max_steps=4)
+    recipe = dict(TINY_RECIPE, seeds=[0, 1], loss=["batch_dice", "slice_dice"])
+    segment_train.train_seg(out, lgg_dir.parents[1], recipe=recipe, patients=2, cv=False, max_steps=4)
+    assert used == ["batch_dice", "slice_dice"]
     b = segment.load_seg_bundle(out)
     assert b.config["members"] == 2 and b.config["training"]["seeds"] == [0, 1] and "metrics" not in b.config
+    assert b.config["training"]["loss"] == " | ".join(segment_train.LOSS_NAMES[n] for n in recipe["loss"])
     state = torch.load(out / segment.WEIGHTS_FILE, weights_only=True)
     members = []
     for k in range(2):
@@ -295,6 +299,20 @@ def test_slice_dice_loss_is_the_mean_soft_dice_of_tumour_slices_plus_bce():
         -np.mean(np.log(1 - p[:2])), rel=1e-5)  # no tumour slice: BCE alone
     with pytest.raises(ValueError, match="unknown loss"):
         segment_train.segmentation_loss("focal")
+
+
+def test_a_recipe_names_one_loss_for_every_member_or_one_per_seed(capsys):
+    assert segment_train.member_losses({"seeds": [1, 2]}) == ["batch_dice", "batch_dice"]
+    assert segment_train.member_losses({"seeds": [1, 2], "loss": "slice_dice"}) == ["slice_dice"] * 2
+    assert segment_train.member_losses({"seeds": [1, 1], "loss": ["batch_dice", "slice_dice"]}) == [
+        "batch_dice", "slice_dice"]
+    with pytest.raises(ValueError, match="1 losses for 2 seeds"):
+        segment_train.member_losses({"seeds": [1, 2], "loss": ["slice_dice"]})
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        segment_train.member_losses({"seeds": [1], "loss": "focal"})
+    with pytest.raises(SystemExit) as exc:
+        segment_train.main(["--seeds", "1,2", "--loss", "batch_dice,slice_dice,focal", "--no-cv"])
+    assert exc.value.code == 2 and "3 losses for 2 seeds" in capsys.readouterr().err
 
 
 def test_hysteresis_keeps_a_certain_lesion_s_faint_rim_but_not_a_faint_blob_alone():

@@ -189,8 +189,21 @@ def segmentation_loss(name: str):
     return slice_dice
 
 
+def member_losses(recipe: dict) -> list[str]:
+    """The loss of each member, one per seed: the recipe's ``loss`` is one name for all of them or a
+    list of names, one per seed (members trained differently make errors that cancel more)."""
+    loss = recipe.get("loss", "batch_dice")
+    names = [loss] * len(recipe["seeds"]) if isinstance(loss, str) else list(loss)
+    if len(names) != len(recipe["seeds"]):
+        raise ValueError(f"{len(names)} losses for {len(recipe['seeds'])} seeds: give one, or one per seed")
+    unknown = sorted(set(names) - set(LOSS_NAMES))
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r} (known: {', '.join(LOSS_NAMES)})")
+    return names
+
+
 def fit(model, x: np.ndarray, y: np.ndarray, recipe: dict, seed: int, max_steps: int | None = None,
-        log: Callable[[str], None] | None = None) -> list[dict]:
+        log: Callable[[str], None] | None = None, loss: str = "batch_dice") -> list[dict]:
     """Train ``model`` for the recipe's fixed number of epochs; returns the per-epoch history.
 
     Each epoch sees every tumour slice and as many slices without tumour, drawn afresh (a third of
@@ -200,7 +213,7 @@ def fit(model, x: np.ndarray, y: np.ndarray, recipe: dict, seed: int, max_steps:
     """
     import torch
 
-    loss_fn = segmentation_loss(recipe.get("loss", "batch_dice"))
+    loss_fn = segmentation_loss(loss)
     tumour = np.flatnonzero(y.reshape(len(y), -1).any(1))
     empty = np.setdiff1d(np.arange(len(y)), tumour)
     per_epoch = len(tumour) + min(len(empty), max(len(tumour), 1))
@@ -254,12 +267,12 @@ def train_model(slices: list[np.ndarray], masks: list[np.ndarray], recipe: dict,
     mean, std = float(x.mean()), float(x.std())
     spec = preprocess.validate(_unit_spec(recipe) + [{"op": "normalise", "method": "fixed", "mean": mean, "std": std}])
     nets, histories = [], []
-    for seed in recipe["seeds"]:
+    for seed, loss in zip(recipe["seeds"], member_losses(recipe)):
         set_determinism(seed=seed + seed_offset)
         torch.manual_seed(seed + seed_offset)
         net = segment.build_net(recipe["arch_args"])
         _prior_bias(net)
-        histories.append(fit(_normalised(net, mean, std), x, y, recipe, seed + seed_offset, max_steps, log))
+        histories.append(fit(_normalised(net, mean, std), x, y, recipe, seed + seed_offset, max_steps, log, loss))
         nets.append(net.eval())
     model = nets[0] if len(nets) == 1 else segment.mean_of_members(nets).eval()
     return model, spec, histories[0] if len(histories) == 1 else histories
@@ -469,7 +482,7 @@ def _base_config(recipe: dict, data: dict, shape: tuple[int, int]) -> dict[str, 
                          "patient_ids": sorted(set(data["patients"])),
                          "n_train": len(data["slices"]), "n_train_tumour": int(sum(m.any() for m in data["masks"])),
                          "epochs": recipe["epochs"], "seeds": list(recipe["seeds"]), "threads": torch.get_num_threads(),
-                         "loss": LOSS_NAMES[recipe.get("loss", "batch_dice")], "optimizer": "AdamW + OneCycle",
+                         "loss": " | ".join(LOSS_NAMES[n] for n in member_losses(recipe)), "optimizer": "AdamW + OneCycle",
                          "weights": "last epoch (fixed epochs, nothing chosen by epoch)",
                          "sampling": "per epoch: every tumour slice + as many random empty slices",
                          "augmentation": "RandAffine (rotate +-15 deg, scale +-10 %, shift 8 px, p 0.8), left-right "
@@ -567,13 +580,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=int, default=RECIPE["input"], help="input side in pixels (multiple of 16)")
     p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=RECIPE["seeds"],
                    help="comma-separated seeds, one U-Net each, averaged (default %(default)s)")
-    p.add_argument("--loss", choices=sorted(LOSS_NAMES), default=RECIPE.get("loss", "batch_dice"))
+    p.add_argument("--loss", type=lambda v: v.split(",") if "," in v else v, default=RECIPE.get("loss", "batch_dice"),
+                   help=f"one of {', '.join(LOSS_NAMES)}, or comma-separated, one per seed (default %(default)s)")
     p.add_argument("--no-cv", action="store_true", help="skip the cross-validation (no figures, default cut)")
     p.add_argument("--oof-out", default=None, metavar="FILE.npz",
                    help="also save the out-of-fold logits (input grid) with slice ids and patients")
     args = p.parse_args(argv)
     recipe = dict(copy.deepcopy(RECIPE), epochs=args.epochs, input=args.input, seeds=args.seeds,
                   loss=args.loss)
+    try:
+        member_losses(recipe)
+    except ValueError as exc:
+        p.error(str(exc))
     try:
         config = train_seg(args.out, args.data, recipe=recipe, cv=not args.no_cv,
                            log=lambda line: print(line, flush=True), oof_out=args.oof_out)
