@@ -234,7 +234,8 @@ def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probabilit
     monkeypatch.setattr(segment_train, "segmentation_loss", lambda name: used.append(name) or real_loss(name))
     out = tmp_path / "ens"
     recipe = dict(TINY_RECIPE, seeds=[0, 1], loss=["batch_dice", "slice_dice"])
-    segment_train.train_seg(out, lgg_dir.parents[1], recipe=recipe, patients=2, cv=False, max_steps=4)
+    segment_train.train_seg(out, lgg_dir.parents[1], recipe=recipe, patients=2, cv=False, max_steps=4,
+                            parallel_members=False)  # in this process, where the spy sees the losses
     assert used == ["batch_dice", "slice_dice"]
     b = segment.load_seg_bundle(out)
     assert b.config["members"] == 2 and b.config["training"]["seeds"] == [0, 1] and "metrics" not in b.config
@@ -255,6 +256,30 @@ def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probabilit
     assert mask.shape == px.shape
 
 
+def test_members_trained_side_by_side_equal_members_trained_in_turn(lgg_dir):
+    """Two members trained in two 1-thread processes have exactly the weights, histories aside from
+    time, of the same members trained one after the other in this process with 1 thread."""
+    import torch
+
+    data = segment_train.load_patients(lgg_dir.parents[1], patients=2)
+    recipe = dict(TINY_RECIPE, seeds=[3, 3], loss=["batch_dice", "slice_dice"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        in_turn, _, hist_turn = segment_train.train_model(data["slices"], data["masks"], recipe, max_steps=4)
+        torch.set_num_threads(2)
+        lines: list[str] = []
+        side, _, hist_side = segment_train.train_model(data["slices"], data["masks"], recipe, max_steps=4,
+                                                       log=lines.append, workers=2)
+    finally:
+        torch.set_num_threads(before)
+    a, b = in_turn.state_dict(), side.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], a[k.replace("members.0.", "members.1.")]) for k in a if k.startswith("members.0."))
+    assert [[h["loss"] for h in m] for m in hist_turn] == [[h["loss"] for h in m] for m in hist_side]
+    assert [json.loads(line)["member"] for line in lines] == [0] * len(hist_side[0]) + [1] * len(hist_side[1])
+
+
 def test_cross_validation_never_predicts_a_patient_with_a_model_that_saw_it(lgg_dir, monkeypatch):
     """Each fold's model is trained on slices of the other folds' patients only, and every slice
     gets its logits from exactly one fold (checked by the identity of the slice arrays passed)."""
@@ -262,7 +287,7 @@ def test_cross_validation_never_predicts_a_patient_with_a_model_that_saw_it(lgg_
     owner = {id(px): p for px, p in zip(data["slices"], data["patients"])}
     seen: list[set] = []
 
-    def fake_train(slices, masks, recipe, seed_offset=0, max_steps=None, log=None):
+    def fake_train(slices, masks, recipe, seed_offset=0, max_steps=None, log=None, workers=1):
         seen.append({owner[id(px)] for px in slices})
         return segment.build_net(TINY_ARCH).eval(), segment_train._unit_spec(recipe), []
 
