@@ -25,8 +25,8 @@ same recipe scored 0.674 out of fold over all 36 patients. So:
 
 The shipped recipe is an ensemble of two U-Nets with the same seed and different losses
 (:data:`LOSS_NAMES`), whose mean probability is the bundle's output; the two train side by side in
-two 1-thread processes, which on 2 cores takes about the time of one (789.5 s for the pair on all
-36 patients, 2026-12-06).
+two 1-thread processes (on 2 cores, 789.5 s for the pair on all 36 patients against 1019.5 s
+trained in turn with 2 threads, 2026-12-05/06).
 
 The recipe (:data:`RECIPE`) is data, stored in the bundle: a MONAI U-Net at 128 px on FLAIR
 scaled by its foreground (``preprocess.foreground_scale``), Dice + BCE (per batch or per slice), AdamW with a one-cycle
@@ -311,8 +311,8 @@ def _train_members_in_parallel(x, y, recipe: dict, jobs: list[tuple[int, str]], 
     """The members trained side by side, each in its own process with an equal share of the threads.
 
     Why: this U-Net at 128 px is too small to keep two threads busy (150 steps took 10.5 s with 2
-    threads, and 9.8 s each for two 1-thread processes running together, on 2026-12-05), so two
-    members in parallel take about the time of one. Each member is seeded alone
+    threads, and 9.8 s each for two 1-thread processes running together, on 2026-12-05); the shipped
+    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Each member is seeded alone
     (:func:`train_member`), so its weights equal those trained in turn with the same threads.
     ``spawn``, not ``fork``: this process has already run OpenMP, which a forked child may not.
     Histories are logged when the members finish (``log`` need not be picklable).
