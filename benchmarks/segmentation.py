@@ -107,10 +107,10 @@ def _unet_figures(bundle, data: Path, cv: bool) -> dict:
         return bundle.config["metrics"]
     import torch
 
-    recipe = bundle.config["recipe"]
     torch.set_num_threads(segment_train.THREADS)
     folds = segment_train.load_patients(data)
-    logits, _ = segment_train.cross_validate(folds, recipe, workers=min(len(recipe["seeds"]), segment_train.THREADS))
+    # as the trainer does: up to one process per member (train_model caps workers at the member count)
+    logits, _ = segment_train.cross_validate(folds, bundle.config["recipe"], workers=segment_train.THREADS)
     probs = segment_train.upsampled(logits["flip" if bundle.test_time_flip else "plain"], folds["masks"])
     return segment_train.out_of_fold_metrics(probs, folds, bundle.config, bundle.input_shape)
 

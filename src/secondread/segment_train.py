@@ -312,8 +312,9 @@ def _train_members_in_parallel(x, y, recipe: dict, jobs: list[tuple[int, str]], 
 
     Why: this U-Net at 128 px is too small to keep two threads busy (150 steps took 10.5 s with 2
     threads, and 9.8 s each for two 1-thread processes running together, on 2026-12-05); the shipped
-    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Each member is seeded alone
-    (:func:`train_member`), so its weights equal those trained in turn with the same threads.
+    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Each member
+    is seeded alone (:func:`train_member`), so its weights equal those trained in turn with the
+    same threads.
     ``spawn``, not ``fork``: this process has already run OpenMP, which a forked child may not.
     Histories are logged when the members finish (``log`` need not be picklable).
     """
