@@ -10,7 +10,7 @@ those figures from the bundle (``metrics``, written by the training run itself, 
 
 Rows (``seg_rows(data)`` returns them in the row format of ``benchmarks/localisation.py``):
 
-- **brain-mri-seg**: the MONAI U-Net's out-of-fold masks with the bundle's post-processing (chosen on
+- **brain-mri-seg**: the MONAI U-Nets' out-of-fold masks with the bundle's post-processing (chosen on
   the same out-of-fold predictions), over all 36 patients; seconds per slice of the shipped model.
 - **Otsu in the brain**: the obvious classical alternative with no training, on the same 36
   patients: brain = the image above Otsu's level (largest component, holes filled, eroded 5 px to
@@ -115,6 +115,12 @@ def _unet_figures(bundle, data: Path, cv: bool) -> dict:
     return segment_train.out_of_fold_metrics(probs, folds, bundle.config, bundle.input_shape)
 
 
+def _unets(bundle) -> str:
+    """What the bundle holds, as the README names it: one MONAI U-Net or an ensemble of them."""
+    members = int(bundle.config.get("members", 1))
+    return "MONAI U-Net" if members == 1 else f"{members} MONAI U-Nets, mean probability"
+
+
 def _seconds_per_slice(bundle, samples, every: int = 10) -> float:
     """Shipped model, one slice at a time, decoded pixels in (every ``every``-th slice)."""
     chosen = samples[::every]
@@ -144,7 +150,7 @@ def seg_rows(data: Path, model: str = segment.NAME, cv: bool = False) -> list[di
         s.image, s.lesions  # noqa: B018
     unet = _unet_figures(bundle, data, cv)
     otsu = evaluate(lambda px: otsu_mask(px, OTSU_MIN_PX), samples)
-    return [_row(unet, f"{bundle.name} (MONAI U-Net), out of fold", _seconds_per_slice(bundle, samples),
+    return [_row(unet, f"{bundle.name} ({_unets(bundle)}), out of fold", _seconds_per_slice(bundle, samples),
                  ".venv/bin/python -m secondread.segment_train   # CV, then the shipped model"),
             _row(otsu["summary"], "Otsu (3 classes) inside the brain", otsu["seconds_per_slice"],
                  ".venv/bin/python benchmarks/segmentation.py")]
