@@ -23,6 +23,7 @@ from secondread.errors import SecondreadError
 from secondread.explain import gradcam
 from secondread.maps import localise_with_map, map_regions
 from secondread.models.bundle import load_bundle
+from secondread.models.nets import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 6
@@ -30,10 +31,8 @@ LIMIT = 6
 
 @pytest.fixture(autouse=True)
 def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, 2))
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(min(torch.get_num_threads(), 2)):
+        yield
 
 
 def _heat(bundle, pixels, layer=None, method=None):

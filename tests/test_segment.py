@@ -22,6 +22,7 @@ from secondread.cli import main
 from secondread.datasets import lgg
 from secondread.errors import SecondreadError
 from secondread.image import Image
+from secondread.models.nets import torch_threads
 
 TINY_ARCH = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8, 16],
              "strides": [2, 2], "num_res_units": 0}
@@ -256,6 +257,18 @@ def test_seed_ensemble_is_one_bundle_whose_output_is_its_members_mean_probabilit
     assert mask.shape == px.shape
 
 
+@pytest.mark.parametrize("steps", [1, 2, 20, 21])
+def test_any_number_of_steps_trains(lgg_dir, steps):
+    """Short runs train whatever their length (20 steps once made torch's one-cycle schedule divide
+    by zero), and take exactly the steps asked for."""
+    data = segment_train.load_patients(lgg_dir.parents[1], patients=1)
+    recipe = dict(TINY_RECIPE, epochs=30, seeds=[0], loss=["batch_dice"])
+    _, _, history = segment_train.train_model(data["slices"], data["masks"], recipe, max_steps=steps)
+    per_epoch = int(np.ceil(2 * sum(m.any() for m in data["masks"]) / recipe["batch"]))
+    assert len(history) == int(np.ceil(steps / per_epoch))
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
 def test_members_trained_side_by_side_equal_members_trained_in_turn(lgg_dir):
     """Two members trained in two 1-thread processes have exactly the weights, histories aside from
     time, of the same members trained one after the other in this process with 1 thread."""
@@ -263,16 +276,12 @@ def test_members_trained_side_by_side_equal_members_trained_in_turn(lgg_dir):
 
     data = segment_train.load_patients(lgg_dir.parents[1], patients=2)
     recipe = dict(TINY_RECIPE, seeds=[3, 3], loss=["batch_dice", "slice_dice"])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         in_turn, _, hist_turn = segment_train.train_model(data["slices"], data["masks"], recipe, max_steps=4)
-        torch.set_num_threads(2)
-        lines: list[str] = []
+    lines: list[str] = []
+    with torch_threads(2):
         side, _, hist_side = segment_train.train_model(data["slices"], data["masks"], recipe, max_steps=4,
                                                        log=lines.append, workers=2)
-    finally:
-        torch.set_num_threads(before)
     a, b = in_turn.state_dict(), side.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], a[k.replace("members.0.", "members.1.")]) for k in a if k.startswith("members.0."))

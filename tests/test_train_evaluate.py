@@ -18,7 +18,8 @@ from secondread.evaluate import (binary_metrics, evaluate_bundle, expected_calib
                                  medmnist_accuracy, medmnist_auc, operating_points)
 from secondread.models import build, load_bundle
 from secondread.models.bundle import batched_logits, prepare_images
-from secondread.train import train_bundle
+from secondread.models.nets import torch_threads
+from secondread.train import THREADS, seeded_training, train_bundle
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,17 @@ def test_training_is_deterministic(tmp_path, data_root):
     wb = torch.load(tmp_path / "b" / "weights.pt", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["metrics"] == b["metrics"] and a["preprocessing"] == b["preprocessing"]
+
+
+def test_training_gives_the_caller_back_its_threads_and_determinism_even_when_it_fails():
+    """A trainer run from a service or a test must not leave its own settings behind."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    with torch_threads(1):
+        with pytest.raises(RuntimeError), seeded_training(0):
+            assert torch.get_num_threads() == THREADS and torch.are_deterministic_algorithms_enabled()
+            raise RuntimeError("stopped mid-training")
+        assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (1, before[1])
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
 def test_bundle_records_what_the_issue_asks_for(short_run):

@@ -228,7 +228,8 @@ def fit(model, x: np.ndarray, y: np.ndarray, recipe: dict, seed: int, max_steps:
     steps_per_epoch = max(1, int(np.ceil(per_epoch / recipe["batch"])))
     total = recipe["epochs"] * steps_per_epoch if max_steps is None else min(max_steps, recipe["epochs"] * steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(total, 1), pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(total, 1),
+                                                pct_start=_warm_up_fraction(total))
     aug, rng = _augment(seed, recipe["gamma"]), np.random.default_rng(seed)
     history, step = [], 0
     for epoch in range(1, recipe["epochs"] + 1):
@@ -255,6 +256,12 @@ def fit(model, x: np.ndarray, y: np.ndarray, recipe: dict, seed: int, max_steps:
         if step >= total:
             break
     return history
+
+
+def _warm_up_fraction(total: int) -> float:
+    """5 % of the steps rising to the peak learning rate, except when that is exactly one step:
+    torch's ``OneCycleLR`` then divides by zero (20 steps, found with ``max_steps=20``)."""
+    return 0.05 if total * 0.05 != 1 else 0.1
 
 
 def train_model(slices: list[np.ndarray], masks: list[np.ndarray], recipe: dict, seed_offset: int = 0,
@@ -312,7 +319,10 @@ def _train_members_in_parallel(x, y, recipe: dict, jobs: list[tuple[int, str]], 
 
     Why: this U-Net at 128 px is too small to keep two threads busy (150 steps took 10.5 s with 2
     threads, and 9.8 s each for two 1-thread processes running together, on 2026-12-05); the shipped
-    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Each member
+    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Expect 1.2-1.4x,
+    not 2x: this machine's two vCPUs do not always give two cores' work (on 2026-12-07 two copies
+    of a plain Python loop each ran 1.0-1.6x slower together than alone, run to run; 300 steps of
+    two members took 49.8 s side by side, 58.3 s in turn, 32.0 s for one member alone). Each member
     is seeded alone (:func:`train_member`), so its weights equal those trained in turn with the
     same threads.
     ``spawn``, not ``fork``: this process has already run OpenMP, which a forked child may not.
@@ -496,13 +506,12 @@ def train_seg(out, data_dir=None, *, recipe: dict | None = None, patients: int |
     path) keeps the out-of-fold logits (:func:`save_out_of_fold`). An ensemble's members train side by
     side, ``threads`` shared between them, unless ``parallel_members`` is false.
     """
-    import torch
+    from .models.nets import torch_threads
 
     recipe = copy.deepcopy(recipe or RECIPE)
     workers = min(len(recipe["seeds"]), threads) if parallel_members else 1
-    t_start, threads_before = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    t_start = time.perf_counter()
+    with torch_threads(threads):
         data = load_patients(data_dir, patients)
         shape = (int(recipe["input"]),) * 2
         config = _base_config(recipe, data, shape)
@@ -528,8 +537,6 @@ def train_seg(out, data_dir=None, *, recipe: dict | None = None, patients: int |
                                   train_cpu_seconds=round(_cpu_seconds() - c_fit, 1), member_processes=workers,
                                   total_seconds=round(time.perf_counter() - t_start, 1), history=history)
         save_seg_bundle(out, model, config)
-    finally:
-        torch.set_num_threads(threads_before)
     return config
 
 

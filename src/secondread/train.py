@@ -34,7 +34,7 @@ from .errors import SecondreadError
 from .evaluate import binary_metrics, expected_calibration_error, fit_temperature, medmnist_auc, operating_points
 from .io.medmnist import load_split, locate, md5sum
 from .models.bundle import batched_logits, calibrated, prepare_images, save_bundle
-from .models.nets import build
+from .models.nets import build, torch_threads
 
 THREADS = 2
 RELIABILITY_FILE = "reliability.png"
@@ -343,26 +343,21 @@ DATASETS["mini-mias"] = {
 }
 
 
-def _seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and fix threads: same seed -> same weights on this machine."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(THREADS)
-    torch.use_deterministic_algorithms(True)
-
-
 @contextlib.contextmanager
 def seeded_training(seed: int):
-    """Train inside :func:`_seed_everything`'s settings, then give the caller back its own thread
-    count and determinism flag (a trainer called from a service or a test must not change them)."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    _seed_everything(seed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    """Seed Python, NumPy and torch, fix the thread count and make torch deterministic, so the same
+    seed gives the same weights on this machine; then give the caller back its own thread count
+    and determinism flag (a trainer called from a service or a test must not change them)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch_threads(THREADS):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
 
 
 def bundle_config(info: dict, dataset: str, args: dict, input_shape, spec: list[dict], summary: dict,

@@ -80,15 +80,11 @@ def run_in_process(studies: Sequence[Study], bundles: dict, scratch: Path, out: 
     """Analyse in the driver, with one torch thread like a pool worker: on these small networks,
     intra-op threads cost more in synchronisation than they gain (Grad-CAM ran >10x slower with two
     threads on a busy 2-core machine)."""
-    import torch
+    from ..models.nets import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for study in studies:
             yield study, work.analyze_study(study, bundles, scratch, out)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _worker_main(conn, bundles: dict, scratch: str, out: str, close_fds: Sequence[int]) -> None:

@@ -6,6 +6,7 @@ bundle stays loadable with ``torch.load(..., weights_only=True)`` and cannot run
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import torch
@@ -81,6 +82,21 @@ def build(name: str, **args) -> nn.Module:
         return ARCHITECTURES[name](**args)
     except TypeError as exc:
         raise SecondreadError(None, f"bad arguments for architecture {name!r}: {exc}") from None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run with ``threads`` intra-op torch threads, then give the caller back its own count.
+
+    Why: a trainer or a batch driver picks the count that suits its networks, but is called from a
+    service, a test or another trainer whose own setting must survive it, exception or not.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _ResidualBlock(nn.Module):
