@@ -319,12 +319,11 @@ def _train_members_in_parallel(x, y, recipe: dict, jobs: list[tuple[int, str]], 
 
     Why: this U-Net at 128 px is too small to keep two threads busy (150 steps took 10.5 s with 2
     threads, and 9.8 s each for two 1-thread processes running together, on 2026-12-05); the shipped
-    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Expect 1.2-1.4x,
-    not 2x: this machine's two vCPUs do not always give two cores' work (on 2026-12-07 two copies
-    of a plain Python loop each ran 1.0-1.6x slower together than alone, run to run; 300 steps of
-    two members took 49.8 s side by side, 58.3 s in turn, 32.0 s for one member alone). Each member
-    is seeded alone (:func:`train_member`), so its weights equal those trained in turn with the
-    same threads.
+    pair trained in 789.5 s side by side against 1019.5 s in turn on the same machine. Expect 1.1-1.3x,
+    not 2x: this machine's two vCPUs do not always give two cores' work
+    (``benchmarks/segment_members.py`` on 2026-12-07: two plain Python loops took 1.36x one alone;
+    300 steps of two members 49.0 s side by side, 54.4 s in turn). Each member is seeded alone
+    (:func:`train_member`), so its weights equal those trained in turn with the same threads.
     ``spawn``, not ``fork``: this process has already run OpenMP, which a forked child may not.
     Histories are logged when the members finish (``log`` need not be picklable).
     """
