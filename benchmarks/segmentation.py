@@ -105,12 +105,12 @@ def _unet_figures(bundle, data: Path, cv: bool) -> dict:
         if "metrics" not in bundle.config:
             raise SystemExit(f"{bundle.name} records no out-of-fold figures: run with --cv")
         return bundle.config["metrics"]
-    import torch
+    from secondread.models.nets import torch_threads
 
-    torch.set_num_threads(segment_train.THREADS)
     folds = segment_train.load_patients(data)
     # as the trainer does: up to one process per member (train_model caps workers at the member count)
-    logits, _ = segment_train.cross_validate(folds, bundle.config["recipe"], workers=segment_train.THREADS)
+    with torch_threads(segment_train.THREADS):
+        logits, _ = segment_train.cross_validate(folds, bundle.config["recipe"], workers=segment_train.THREADS)
     probs = segment_train.upsampled(logits["flip" if bundle.test_time_flip else "plain"], folds["masks"])
     return segment_train.out_of_fold_metrics(probs, folds, bundle.config, bundle.input_shape)
 
