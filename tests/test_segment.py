@@ -71,6 +71,8 @@ def _png(path: Path) -> np.ndarray:
 
 
 def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
+    import torch
+
     b = segment.load_seg_bundle(tiny_bundle)
     assert b.config["task"] == "segmentation" and b.config["training"]["split_used"] == "all"
     assert b.threshold in segment_train.THRESHOLDS and b.low_threshold in segment_train.LOW_THRESHOLDS
@@ -78,6 +80,7 @@ def test_tiny_bundle_is_a_complete_segmentation_bundle(tiny_bundle):
     assert {"dice_tumour", "fp_rate_empty", "dice_patient_3d", "hd95_tumour"} <= set(b.config["metrics"])
     assert b.config["metrics"]["split"] == "3-fold cross-validation, out of fold"
     assert b.config["metrics"]["patients"] == 3 and b.config["recipe"]["epochs"] == 2
+    assert b.config["training"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # which kernels
     assert (tiny_bundle / "model_card.md").read_text().startswith("# Model card: brain-mri-seg")
 
 

@@ -144,6 +144,7 @@ def test_bundle_records_what_the_issue_asks_for(short_run):
         assert key in config, key
     assert config["input_shape"] == [28, 28] and config["data_source"]["file"] == "pneumoniamnist.npz"
     assert config["threshold"] == config["operating_points"]["balanced"]["threshold"]
+    assert config["training"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # which kernels
     for key in ("auc", "auc_ci95", "accuracy", "accuracy_at_threshold", "sensitivity", "specificity",
                 "ece_before_calibration", "ece_after_calibration", "n"):
         assert key in config["metrics"], key

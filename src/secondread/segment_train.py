@@ -564,7 +564,10 @@ def _base_config(recipe: dict, data: dict, shape: tuple[int, int]) -> dict[str, 
                          "augmentation": "RandAffine (rotate +-15 deg, scale +-10 %, shift 8 px, p 0.8), left-right "
                                          f"flip, gamma {recipe['gamma'][0]}-{recipe['gamma'][1]}, intensity scale "
                                          "+-15 %, shift +-0.1",
-                         "torch": torch.__version__},
+                         "torch": torch.__version__,
+                         # same seed, same weights only with the same CPU kernels: re-run on an AVX2 host
+                         # (2026-12-07), the CV gave Dice 0.757 where this bundle's build gave 0.769
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability()},
             "card": _card_facts()}
 
 
