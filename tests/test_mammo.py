@@ -221,3 +221,26 @@ def test_shipped_detector_onnx_matches_torch(folder):
     images = [s.image.pixels for s in minimias.samples(folder.parents[1], "val")[:6]]
     torch_p = load_bundle("mammo-abnormal").predict_proba(images)
     assert np.abs(load_bundle("mammo-abnormal", backend="onnx").predict_proba(images) - torch_p).max() < 1e-4
+
+
+def test_refreshing_a_bundle_gives_it_the_rows_candidate_rule_and_rescores_val(folder, tmp_path):
+    """``refresh_localisation`` (how the shipped bundle got its calcification rule without new
+    weights): a copy stripped of the rule gets it back from the DATASETS row, with the shipped
+    bundle's validation figures (which the recount test above ties to the localise CSV)."""
+    import json
+    import shutil
+
+    from secondread.mammo import refresh_localisation
+    from secondread.models.bundle import ZOO
+
+    copy = tmp_path / "mammo-abnormal"
+    shutil.copytree(ZOO / "mammo-abnormal", copy)
+    config = json.loads((copy / "bundle.json").read_text())
+    shipped = dict(config["localisation"])
+    config.pop("calcifications")
+    config["localisation"] = {}
+    (copy / "bundle.json").write_text(json.dumps(config))
+    assert refresh_localisation(copy, data_dir=folder.parents[1]) == shipped
+    again = json.loads((copy / "bundle.json").read_text())
+    assert again["calcifications"] == DATASETS["mini-mias"]["calcifications"]
+    assert torch.equal(load_bundle(copy).model.state_dict()["head.weight"], load_bundle("mammo-abnormal").model.state_dict()["head.weight"])

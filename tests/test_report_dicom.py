@@ -448,3 +448,55 @@ def test_brain_mri_lesion_masks_in_seg_and_sr(data_root, tmp_path):
     assert measurements(volumes[0])["Area"] == (pytest.approx(lesions[0]["area_mm2"]), "mm2")
     require_dciodvfy()
     assert dciodvfy_errors(out / "seg.dcm") == [] and dciodvfy_errors(out / "sr.dcm") == []
+
+
+# ----------------------------------------------------------------------------- mammography
+def test_mammogram_calcification_cluster_in_report_sr_and_html(data_root, tmp_path):
+    """mdb252 (benign calcifications) written as a DICOM with 0.2 mm pixels: mammo-abnormal's
+    report lists the best calcification cluster inside the expert's circle (info.csv), with its
+    diameter in mm; sr.dcm has it as a planar ROI (its box, the project's code, the speck count as a
+    ranking score, the diameter) and passes dciodvfy; report.html has its table."""
+    import csv
+
+    from secondread.models import load_bundle
+
+    folder = data_root / "mammography" / "mini-mias"
+    if not (folder / "mdb252.png").is_file():
+        pytest.skip("mdb252 is withheld here")
+    with open(folder / "info.csv", newline="") as fh:
+        truth = next(r for r in csv.DictReader(fh) if r["refnum"] == "mdb252")
+    pixels = np.asarray(PILImage.open(folder / "mdb252.png")).astype(np.uint16)
+    ds = pydicom.dcmread(data_root / "dicom" / "MR_small.dcm")
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [0.2, 0.2]
+    for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    path = tmp_path / "mdb252.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    out = tmp_path / "r"
+    report = analyze_image(path, out, load_bundle("mammo-abnormal"))
+    assert any(op["crossed"] for op in report["findings"][0]["operating_points"].values())
+    clusters = [f for f in report["findings"] if f.get("kind") == "calcification cluster candidate"]
+    assert len(clusters) == 1
+    c = clusters[0]
+    assert np.hypot(c["centroid"]["x"] - float(truth["x_img"]), c["centroid"]["y"] - float(truth["y_img"])) <= float(truth["radius"])
+    assert c["diameter_mm"] == pytest.approx(2 * c["radius_px"] * 0.2, abs=0.1) and c["specks"] >= 1
+    sr = hd.sr.srread(out / "sr.dcm")
+    rois = sr.content.get_planar_roi_measurement_groups()
+    entry = CODES["findings"]["calcification cluster candidate"]
+    group = next(g for g in rois if code_of(g.finding_type) == (entry["scheme"], entry["value"]))
+    m = measurements(group)
+    assert m["Diameter"] == (pytest.approx(c["diameter_mm"]), "mm")
+    assert m[CODES["concepts"]["ranking_score"]["meaning"]] == (pytest.approx(c["score"]), "1")
+    b = c["bbox"]
+    np.testing.assert_allclose(group.roi.value, [[b["x0"], b["y0"]], [b["x1"], b["y0"]], [b["x1"], b["y1"]],
+                                                 [b["x0"], b["y1"]], [b["x0"], b["y0"]]])
+    assert "Calcification cluster candidates" in (out / "report.html").read_text()
+    require_dciodvfy()
+    assert dciodvfy_errors(out / "sr.dcm") == []

@@ -317,6 +317,20 @@ def segmented_lesions(image: Image, bundle) -> tuple[list[dict[str, Any]], np.nd
     return findings, (mask if regions else None), seg
 
 
+def calcification_findings(image: Image, bundle) -> list[dict[str, Any]]:
+    """The best calcification-cluster candidate of a 2D image read by a bundle whose candidates
+    include one (``calcifications`` in its bundle.json: ``mammo-abnormal``), as a report finding
+    (:func:`secondread.calcifications.as_finding`); [] for any other bundle. Run only beside a
+    finding that crosses an operating point, like the outlines."""
+    setting = bundle.config.get("calcifications")
+    if not setting or image.pixels.ndim != 2:
+        return []
+    from .calcifications import as_finding, calcification_clusters
+
+    params = {k: v for k, v in setting.items() if k != "rank"}
+    return [as_finding(c, image) for c in calcification_clusters(image, top=1, **params)]
+
+
 def nodule_finding(candidate, image: Image) -> dict[str, Any]:
     """One nodule candidate as a report finding (sizes as Lung-RADS v2022 measures them)."""
     c = candidate.as_dict()
@@ -494,6 +508,7 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
     found, skipped = lung_nodules(image)
     crossed = any(op["crossed"] for op in finding.operating_points.values())
     lesions, lesion_mask, seg = segmented_lesions(image, bundle) if crossed else ([], None, None)
+    lesions += calcification_findings(image, bundle) if crossed else []
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
     suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()

@@ -165,7 +165,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 # Localisation sources `secondread localise --model` knows today; classifier maps join when their
 # bundles exist (issue 5).
-LOCALISERS = {"mammo-blobs": "classical mass candidates on mini-MIAS (breast mask, CLAHE, blob_log)"}
+LOCALISERS = {"mammo-blobs": "classical mass candidates on mini-MIAS (breast mask, CLAHE, blob_log)",
+              "mammo-calcifications": "classical calcification-cluster candidates on mini-MIAS (Hessian specks, "
+                                      "clustered; the third candidate of mammo-abnormal)"}
 
 
 def _data_root_of(path: str) -> str:
@@ -178,8 +180,14 @@ def cmd_localise(args: argparse.Namespace) -> int:
     from .localise import localise_dataset
 
     if args.model in LOCALISERS:
+        source = None
+        if args.model == "mammo-calcifications":
+            from .calcifications import calcification_clusters
+
+            def source(image):
+                return calcification_clusters(image, top=args.top_k)
         result = localise_dataset(_data_root_of(args.data), split=args.split, predictions=args.predictions,
-                                  top_k=args.top_k)
+                                  top_k=args.top_k, source=source)
     else:  # a classifier bundle: the regions of its explanation map, scored against the experts
         from .maps import localise_with_map
 

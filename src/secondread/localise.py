@@ -80,6 +80,8 @@ class Region:
     x: float
     y: float
     radius: float
+    kind: str = "candidate"
+    """What found it, for a reader: ``candidate`` (a map peak or blob), ``calcification cluster``."""
 
 
 # ----------------------------------------------------------------------------- masks

@@ -41,10 +41,12 @@ its height (what the map calls the lesion's extent), in pixels of the original i
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -218,17 +220,40 @@ def map_candidates(heat: np.ndarray, top: int, min_distance: float = MIN_DISTANC
     return out
 
 
-def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distance: float = MIN_DISTANCE) -> dict:
+def candidates(heat: np.ndarray, image, top: int, min_distance: float = MIN_DISTANCE,
+               calcifications: dict | None = None) -> list[Region]:
+    """The detector's ranked candidates on one image: the peaks of its map (``heat``, the per-cell
+    grid, upsampled to the image) with the recipe's calcification cluster (:func:`merge_calcifications`)."""
+    regions = map_candidates(upsample(heat, image.shape), top, min_distance)
+    return merge_calcifications(regions, image, calcifications)[:top]
+
+
+def merge_calcifications(regions: list[Region], image, calcifications: dict | None) -> list[Region]:
+    """``regions`` with the image's best calcification cluster placed at the rank the recipe says
+    (``calcifications``: keyword arguments of :func:`secondread.calcifications.calcification_clusters`
+    plus ``rank``; none or empty: ``regions`` unchanged)."""
+    if not calcifications:
+        return regions
+    from .calcifications import calcification_clusters, merge
+
+    params = dict(calcifications)
+    rank = int(params.pop("rank"))
+    return merge(regions, calcification_clusters(image, top=1, **params), rank)
+
+
+def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distance: float = MIN_DISTANCE,
+              calcifications: dict | None = None) -> dict:
     """Pointing game and top-k hit rates of maps (``[N, g, g]``) over ``samples`` with located lesions,
-    candidates taken as :func:`map_candidates` takes them on the upsampled map."""
+    candidates taken as :func:`candidates` takes them; each image's entry keeps its ``regions``."""
     per = []
     for heat, s in zip(heat_maps, samples):
         circles = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
         if not circles:
             continue
-        regions = map_candidates(upsample(heat, s.image.shape), top, min_distance)
+        regions = candidates(heat, s.image, top, min_distance, calcifications)
         h = hits(regions, circles)
-        per.append({"patient": s.patient, **{f"top{k}": bool(any(h[:k])) for k in TOP_K}})
+        per.append({"id": Path(s.source).name, "patient": s.patient, **{f"top{k}": bool(any(h[:k])) for k in TOP_K},
+                    "regions": regions})
     return {"images": len(per), **{f"top{k}": round(float(np.mean([p[f"top{k}"] for p in per])), 4) if per else None
                                    for k in TOP_K}, "per_image": per}
 
@@ -291,13 +316,7 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
         train_seconds = time.perf_counter() - started
         x_val = prepare_images(spec, val_px)
         summary, reliability_png = _validation_summary(model, x_val, y_val, f"{info['name']}: validation (n={len(x_val)})")
-        found = hit_rates(probability_maps(model, x_val), val)
-    localisation = {"split": "val", "images_with_located_lesion": found["images"],
-                    **{f"top{k}": found[f"top{k}"] for k in TOP_K},
-                    **{f"top{k}_ci95": _women_ci([p[f"top{k}"] for p in found["per_image"]],
-                                                 [p["patient"] for p in found["per_image"]]) for k in TOP_K},
-                    "hit_rule": "a candidate centre within an expert circle's radius",
-                    "candidates": f"peaks of the map >= {MIN_DISTANCE} x the image side apart"}
+        localisation = val_localisation(model, x_val, val, info.get("calcifications"))
     training = {"n_train": int(len(x_tr)), "n_val": int(len(x_val)), "limit": limit, "epochs_max": int(opt["epochs"]),
                 "epochs_run": len(history), "best_epoch": len(history), "patience": None,
                 "batch_size": int(opt["batch_size"]), "lr": float(opt["lr"]), "optimizer": "AdamW",
@@ -312,6 +331,41 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
     return config
 
 
+def val_localisation(model, x_val: np.ndarray, val, calcifications: dict | None) -> dict:
+    """``bundle.json``'s ``localisation``: top-k hit rates of the candidates on the validation images."""
+    found = hit_rates(probability_maps(model, x_val), val, calcifications=calcifications)
+    rule = f"peaks of the map >= {MIN_DISTANCE} x the image side apart"
+    if calcifications:
+        rule += f", the best calcification cluster at rank {calcifications['rank']}"
+    return {"split": "val", "images_with_located_lesion": found["images"],
+            **{f"top{k}": found[f"top{k}"] for k in TOP_K},
+            **{f"top{k}_ci95": _women_ci([p[f"top{k}"] for p in found["per_image"]],
+                                         [p["patient"] for p in found["per_image"]]) for k in TOP_K},
+            "hit_rule": "a candidate centre within an expert circle's radius", "candidates": rule}
+
+
+def refresh_localisation(folder: str | os.PathLike, dataset: str = "mini-mias", data_dir=None) -> dict:
+    """Give a trained detector bundle its row's current candidate rule (``calcifications``) and
+    re-score its validation ``localisation`` with it, keeping the weights.
+
+    Why not retrain: the candidate rule runs after the network, and retraining on another host gives
+    other weights (other floating-point kernels), which would change every figure quoted for them."""
+    from .atomic import write_bytes
+    from .models.bundle import CARD_FILE, CONFIG_FILE, load_bundle, model_card, prepare_images
+    from .train import DATASETS, folder_samples
+
+    info, bundle = DATASETS[dataset], load_bundle(folder)
+    val = folder_samples(dataset, data_dir, "val")
+    x_val = prepare_images(bundle.preprocessing, [np.asarray(s.image.pixels) for s in val])
+    config = dict(bundle.config, calcifications=info.get("calcifications"), card=info["card"],
+                  localisation=val_localisation(bundle.model, x_val, val, info.get("calcifications")))
+    if not config["calcifications"]:
+        config.pop("calcifications")
+    write_bytes(Path(folder) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    write_bytes(Path(folder) / CARD_FILE, model_card(config).encode("utf-8"))
+    return config["localisation"]
+
+
 def _women_ci(values, groups) -> list[float] | None:
     from .localise import _bootstrap_ci
 
@@ -321,14 +375,15 @@ def _women_ci(values, groups) -> list[float] | None:
 # ----------------------------------------------------------------------------- recipe choice
 def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int = 0, folds=None,
                             progress: bool = False, arch_args: dict | None = None, women: str = "train",
-                            **overrides) -> dict:
+                            calcifications: dict | None = None, **overrides) -> dict:
     """The recipe's localisation and AUC by cross-validation over the saved folds of the *training*
     women (by default; validation is then never read): each fold's women are held out in turn, a detector is trained
     on the rest, and its maps are scored on the held-out images. ``overrides`` change the row's
     ``optim`` entries (``epochs``, ``sigma_factor``, ``input_size``...). Hits are pooled over folds.
 
     ``women="all"`` folds the training *and* validation women (the test women stay withheld): more
-    held-out lesions (93 against 76) for measuring, once nothing is being chosen on validation."""
+    held-out lesions (93 against 76) for measuring, once nothing is being chosen on validation.
+    ``calcifications`` replaces the row's calcification-cluster candidates (``{}``: none)."""
     from sklearn.metrics import roc_auc_score
 
     from .datasets.splits import load
@@ -356,7 +411,8 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
             logits = batched_logits(model, x_te).numpy()
             aucs.append(float(roc_auc_score(labels[te], logits)))
             found = hit_rates(probability_maps(model, x_te, flip=bool(opt.get("test_time_flip"))), [samples[i] for i in te],
-                              min_distance=float(opt.get("min_distance", MIN_DISTANCE)))
+                              min_distance=float(opt.get("min_distance", MIN_DISTANCE)),
+                              calcifications=info.get("calcifications") if calcifications is None else calcifications)
             per += [dict(p, fold=k) for p in found["per_image"]]
     out = {"recipe": {**opt, **args}, "women": women, "folds": len(aucs), "images_with_located_lesion": len(per),
            "auc_by_fold": [round(a, 4) for a in aucs], "auc_mean": round(float(np.mean(aucs)), 4),

@@ -55,6 +55,7 @@ from scipy import ndimage as ndi
 from skimage import filters, measure
 
 from .errors import SecondreadError
+from .image import Image
 from .localise import (
     DISCLAIMER,
     TOP_K,
@@ -274,7 +275,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             break
         pixels = sample.image.pixels
         heat, prob = explain_sample(bundle, pixels, layer, method)
-        regions = _regions(heat, top_k, method or bundle.explain_method)
+        regions = _regions(heat, top_k, method or bundle.explain_method, bundle.config.get("calcifications"), sample.image)
         body = breast_region(sample.image) if dataset == "mini-mias" else foreground_mask(pixels)
         baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2),
                      "body_centroid": centroid(body)}
@@ -311,15 +312,17 @@ def _map_name(bundle, layer: str | None, method: str | None) -> str:
     return f"{method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak"
 
 
-def _regions(heat: np.ndarray, top_k: int, method: str) -> list[Region]:
-    """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression
-    (:func:`secondread.mammo.map_candidates`); a CAM gives its regions (:func:`map_regions`)."""
+def _regions(heat: np.ndarray, top_k: int, method: str, calcifications: dict | None = None,
+             image: Image | None = None) -> list[Region]:
+    """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression, with the
+    bundle's calcification cluster at its rank (:func:`secondread.mammo.candidates`); a CAM gives its
+    regions (:func:`map_regions`)."""
     from .explain import OWN_MAP
 
     if method == OWN_MAP:
-        from .mammo import map_candidates
+        from .mammo import map_candidates, merge_calcifications
 
-        return map_candidates(heat, top_k)
+        return merge_calcifications(map_candidates(heat, top_k), image, calcifications)[:top_k]
     return map_regions(heat, top_k)
 
 

@@ -207,6 +207,24 @@ def _image_region(region: dict[str, Any], inputs: DicomInputs):
                              source_image=hd.sr.SourceImageForRegion(*inputs.sources.ref(k)))
 
 
+def _cluster_group(finding: dict[str, Any], inputs: DicomInputs):
+    """TID 1410 (planar ROI): a calcification-cluster candidate's box on the source image, with its
+    speck count as a ranking score (not a probability) and its diameter when the spacing is known."""
+    import highdicom as hd
+
+    box = finding["bbox"]
+    measurements = [_measurement("ranking_score", finding["score"], "1")]
+    if finding.get("diameter_mm") is not None:
+        measurements.append(_measurement("diameter", finding["diameter_mm"], "mm"))
+    region = {"x_min": box["x0"], "y_min": box["y0"], "x_max": box["x1"], "y_max": box["y1"]}
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{finding['label']} {finding['rank']}"),
+        referenced_region=_image_region(region, inputs), finding_type=finding_code(finding["label"]),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=finding["model"], version=inputs.model_version),
+        finding_sites=[hd.sr.FindingSite(finding_site(finding["label"]))] if finding_site(finding["label"]) else None,
+        measurements=measurements)
+
+
 def _nodule_group(finding: dict[str, Any], inputs: DicomInputs, seg: Dataset):
     """TID 1411 (volumetric ROI): the candidate's segment in ``seg.dcm``, restricted to the source
     slices it spans, with its Lung-RADS sizes, volume and ranking score."""
@@ -261,6 +279,8 @@ def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
         elif finding.get("kind") == "segmented lesion":
             if seg is not None and segment_number(inputs, finding["label"]) and len(inputs.shape) == 2:
                 groups.append(_lesion_group(finding, inputs, seg))
+        elif finding.get("kind") == "calcification cluster candidate":
+            groups.append(_cluster_group(finding, inputs))
         else:
             groups.append(_model_group(finding, inputs))
     content = hd.sr.MeasurementReport(observation_context=observation_context(inputs),
