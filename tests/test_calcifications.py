@@ -130,3 +130,22 @@ def test_the_localise_command_scores_clusters_alone_and_the_csv_recounts(minimia
                        for r in mine for x, y, rad in circles[image_id]))
     assert len(hit) == result["summary"]["scored_images"] > 0
     assert result["summary"]["top3"] == pytest.approx(float(np.mean(hit)), abs=1e-3)
+
+
+def test_analyze_skips_the_search_on_an_image_too_small_or_flat_for_a_breast():
+    """The cluster search is an aside of a mammogram's report: an image it cannot read gives no
+    cluster, never a failed report; a bundle without the rule gives none either."""
+    from types import SimpleNamespace
+
+    from secondread.analyze import calcification_findings
+    from secondread.errors import SecondreadError
+
+    rule = SimpleNamespace(config={"calcifications": {"rank": 3}})
+    for pixels in (np.zeros((12, 12), np.uint8), np.full((256, 256), 7, np.uint8)):
+        with pytest.raises(SecondreadError):
+            calcification_clusters(Image(pixels, modality="MG"))
+        assert calcification_findings(Image(pixels, modality="MG"), rule) == []
+    assert calcification_findings(Image(_breast(CLUSTER), modality="MG"), SimpleNamespace(config={})) == []
+    found = calcification_findings(Image(_breast(CLUSTER), spacing=(0.2, 0.2), modality="MG"), rule)
+    assert len(found) == 1 and found[0]["kind"] == "calcification cluster candidate"
+    assert found[0]["diameter_mm"] == pytest.approx(2 * found[0]["radius_px"] * 0.2, abs=0.1)

@@ -328,7 +328,10 @@ def calcification_findings(image: Image, bundle) -> list[dict[str, Any]]:
     from .calcifications import as_finding, calcification_clusters
 
     params = {k: v for k, v in setting.items() if k != "rank"}
-    return [as_finding(c, image) for c in calcification_clusters(image, top=1, **params)]
+    try:
+        return [as_finding(c, image) for c in calcification_clusters(image, top=1, **params)]
+    except SecondreadError:  # too small or flat to hold a breast: the search has nothing to say
+        return []
 
 
 def nodule_finding(candidate, image: Image) -> dict[str, Any]:

@@ -87,7 +87,8 @@ def specks(image: Image, sigma_mm: float = SIGMA_MM, threshold: float = THRESHOL
 
 
 def cluster_specks(points: np.ndarray, radius_px: float, min_specks: int = MIN_SPECKS, top: int = 3) -> list[tuple]:
-    """Greedy clusters ``(row, col, n_specks, extent_px)`` of speck positions, most specks first."""
+    """Greedy clusters ``(row, col, n_specks, extent_px)`` of speck positions, most specks first
+    (ties: the order of ``points``, strongest first as :func:`specks` gives them)."""
     if len(points) == 0:
         return []
     xy = points[:, :2].astype(float)

@@ -36,7 +36,10 @@ Training (:func:`train_detector`), on the ``train`` women only:
 Candidates (:func:`map_candidates`): local maxima of the map at least ``min_distance`` apart
 (non-maximum suppression), strongest first; centre = the peak, score = the map's per-cell
 probability there, radius = the equivalent-circle radius of the region around the peak at half
-its height (what the map calls the lesion's extent), in pixels of the original image.
+its height (what the map calls the lesion's extent), in pixels of the original image. The map at
+256 px cannot see microcalcifications, so the recipe's ``calcifications`` puts the best cluster of
+:mod:`secondread.calcifications` (full resolution) at rank 3 (:func:`candidates`); chosen on the
+training women's out-of-fold images (``benchmarks/mammo_calcifications.py``).
 """
 
 from __future__ import annotations

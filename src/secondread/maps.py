@@ -308,15 +308,17 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
 def _map_name(bundle, layer: str | None, method: str | None) -> str:
     method = method or bundle.explain_method
     if method == "heatmap":
-        return "the detector's own lesion map, candidates = its peaks after non-maximum suppression"
+        rule = bundle.config.get("calcifications")
+        return ("the detector's own lesion map, candidates = its peaks after non-maximum suppression"
+                + (f", the best calcification cluster at rank {rule['rank']}" if rule else ""))
     return f"{method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak"
 
 
 def _regions(heat: np.ndarray, top_k: int, method: str, calcifications: dict | None = None,
              image: Image | None = None) -> list[Region]:
     """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression, with the
-    bundle's calcification cluster at its rank (:func:`secondread.mammo.candidates`); a CAM gives its
-    regions (:func:`map_regions`)."""
+    bundle's calcification cluster at its rank (:func:`secondread.mammo.merge_calcifications`); a CAM
+    gives its regions (:func:`map_regions`)."""
     from .explain import OWN_MAP
 
     if method == OWN_MAP:
