@@ -20,6 +20,8 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
+from dicom_files import as_dicom
+
 from secondread.analyze import analyze_image, dicom_files, load_study
 from secondread.errors import SecondreadError
 
@@ -405,22 +407,6 @@ def test_seg_of_a_2d_mask_on_a_single_frame_image(data_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------- brain MRI masks
-def _as_dicom(pixels: np.ndarray, spacing_mm: float, data_root: Path, path: Path) -> Path:
-    """``pixels`` (uint16) in pydicom's MR_small.dcm (a real header: UIDs, patient, study) with the
-    given pixel spacing and no window, saved uncompressed at ``path``."""
-    ds = pydicom.dcmread(data_root / "dicom" / "MR_small.dcm")
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = [spacing_mm, spacing_mm]
-    for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.PixelData = pixels.tobytes()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
 
 def test_brain_mri_lesion_masks_in_seg_and_sr(data_root, tmp_path):
     """A FLAIR slice with a tumour, written as an MR DICOM: the classifier's positive finding gets
@@ -432,7 +418,7 @@ def test_brain_mri_lesion_masks_in_seg_and_sr(data_root, tmp_path):
 
     val = [s for s in lgg.samples(data_root, split="val") if s.label == 1]
     sample = max(val, key=lambda s: sum(int(les.mask.sum()) for les in s.lesions))  # the largest tumour
-    path = _as_dicom(np.round(sample.image.pixels).astype(np.uint16), 0.9375, data_root, tmp_path / "flair.dcm")
+    path = as_dicom(np.round(sample.image.pixels).astype(np.uint16), 0.9375, data_root, tmp_path / "flair.dcm")
 
     out = tmp_path / "r"
     report = analyze_image(path, out)
@@ -471,7 +457,7 @@ def test_mammogram_calcification_cluster_in_report_sr_and_html(data_root, tmp_pa
     with open(folder / "info.csv", newline="") as fh:
         truth = next(r for r in csv.DictReader(fh) if r["refnum"] == "mdb252")
     pixels = np.asarray(PILImage.open(folder / "mdb252.png")).astype(np.uint16)
-    path = _as_dicom(pixels, 0.2, data_root, tmp_path / "mdb252.dcm")
+    path = as_dicom(pixels, 0.2, data_root, tmp_path / "mdb252.dcm")
 
     out = tmp_path / "r"
     report = analyze_image(path, out, load_bundle("mammo-abnormal"))

@@ -159,6 +159,35 @@ def test_lidc_series(page, server, data_root, tmp_path):
     assert "CT" in page.text_content("#model") and str(n) in page.text_content("#model")
 
 
+def test_mammogram_lists_and_boxes_its_calcification_cluster(page, server, data_root, tmp_path):
+    """mdb252 as an MG DICOM (0.2 mm pixels): the viewer runs mammo-abnormal, lists the
+    calcification cluster candidate with its speck count and extent as the report gives them, and
+    draws its box in the candidates' amber."""
+    import httpx
+    from dicom_files import as_dicom
+    from PIL import Image as PILImage
+
+    pixels = np.asarray(PILImage.open(data_root / "mammography" / "mini-mias" / "mdb252.png"))
+    path = as_dicom(pixels, 0.2, data_root, tmp_path / "mdb252.dcm", modality="MG")
+    upload(page, path)
+    expected = httpx.post(server.url + "/v1/analyze", headers=auth(), timeout=300,
+                          files=[("files", ("mdb252.dcm", path.read_bytes(), "application/dicom"))]).json()
+    cluster = next(f for f in expected["findings"] if f.get("kind") == "calcification cluster candidate")
+    rows = [page.text_content(f"#findings tbody tr:nth-child({k + 1})") for k in range(len(expected["findings"]))]
+    row = next(r for r in rows if "calcification cluster candidate #1" in r)
+    assert f"{cluster['specks']} specks" in row and f"{cluster['diameter_mm']:g} mm across" in row
+    assert "mammo-abnormal" in page.text_content("#model")
+    page.wait_for_function("document.querySelector('#boxes').width > 0")
+    amber = page.evaluate("""() => {
+        const c = document.querySelector('#boxes');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 192 && d[i + 2] === 0) n++;
+        return n;
+    }""")
+    assert amber > 0
+
+
 def test_pick_a_study_from_the_pacs(browser, data_root, tmp_path):
     """With --pacs-url, the page lists the PACS's studies and analyses the one clicked."""
     sample = data_root / "dicom" / "CT_small.dcm"

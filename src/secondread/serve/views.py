@@ -87,8 +87,9 @@ def viewer_heat(image, bundle, shape: tuple[int, ...]) -> np.ndarray:
 
 def report_boxes(report: dict[str, Any], step: int) -> list[dict[str, Any]]:
     """Every box the report gives, in the viewer's grid, z range in slices (2D images: slice 0):
-    each finding's ``region`` (x/y/z min/max, ends exclusive) and each nodule candidate's ``bbox``
-    (slice/row/col min/max, ends exclusive)."""
+    each finding's ``region`` (x/y/z min/max, ends exclusive), each nodule candidate's ``bbox``
+    (slice/row/col min/max, ends exclusive) and the ``bbox`` of a 2D outlined lesion or
+    calcification cluster (x0/y0 inclusive, x1/y1 exclusive)."""
     boxes = []
     for f in report.get("findings") or []:
         r, b = f.get("region"), f.get("bbox")
@@ -101,6 +102,10 @@ def report_boxes(report: dict[str, Any], step: int) -> list[dict[str, Any]]:
             boxes.append({"label": label, "kind": f.get("kind"), "x_min": b["col_min"] / step,
                           "x_max": b["col_max"] / step, "y_min": b["row_min"] / step, "y_max": b["row_max"] / step,
                           "z_min": b.get("slice_min", 0), "z_max": b.get("slice_max", 1)})
+        elif b and {"x0", "x1", "y0", "y1"} <= set(b) and "z0" not in b:
+            label = f"{f.get('label')} #{f['rank']}" if "rank" in f else f.get("label")
+            boxes.append({"label": label, "kind": f.get("kind"), "x_min": b["x0"] / step, "x_max": b["x1"] / step,
+                          "y_min": b["y0"] / step, "y_max": b["y1"] / step, "z_min": 0, "z_max": 1})
     return boxes
 
 

@@ -98,6 +98,16 @@ function measurements(finding) {
     if (finding.axial_slice !== undefined) parts.push(`slice ${finding.axial_slice + 1}`);
     return parts.join(", ");
   }
+  if (finding.kind === "calcification cluster candidate") {
+    return finding.diameter_mm !== null && finding.diameter_mm !== undefined
+      ? `${finding.diameter_mm} mm across` : `radius ${finding.radius_px} px`;
+  }
+  if (finding.kind === "segmented lesion") {
+    const area = finding.area_mm2 !== null && finding.area_mm2 !== undefined ? `${finding.area_mm2} mm²` : `${finding.area_px} px`;
+    const d = finding.longest_diameter_mm !== null && finding.longest_diameter_mm !== undefined
+      ? `${finding.longest_diameter_mm} mm` : `${finding.longest_diameter_px} px`;
+    return `area ${area}, longest diameter ${d}`;
+  }
   const m = finding.measurements || {};
   const units = { area_px: "px", area_mm2: "mm²", volume_mm3: "mm³", diameter_mm: "mm" };
   const parts = Object.entries(m).map(([k, v]) => `${k.replace(/_(px|mm2|mm3|mm)$/, "")} ${v} ${units[k] || ""}`.trim());
@@ -129,6 +139,16 @@ function showReport(report) {
       cell(row, "–");
       row.className = "candidate";
       row.addEventListener("click", () => setSlice(f.axial_slice));
+    } else if (f.kind === "calcification cluster candidate") {
+      cell(row, `calcification cluster candidate #${f.rank}`);
+      cell(row, `${f.specks} specks`).title = f.score_meaning || "a count, not a probability";
+      cell(row, "–");
+      row.className = "candidate";
+    } else if (f.kind === "segmented lesion") {
+      cell(row, `outlined ${f.label}`);
+      cell(row, `mean probability ${Number(f.mean_probability).toFixed(2)}`).title = f.score_meaning || "";
+      cell(row, "–");
+      row.className = "candidate";
     } else {
       cell(row, f.label + (f.positive ? " (suggested)" : ""));
       cell(row, prob(f.probability)).className = "probability";
@@ -256,6 +276,9 @@ async function show(imgId, path) {
   await img.decode().catch(() => {});
 }
 
+// candidates drawn apart from the model's region (green): nodules magenta, calcification clusters amber
+const BOX_COLOURS = { "nodule candidate": "#ff40ff", "calcification cluster candidate": "#ffc000" };
+
 function drawBoxes() {
   const canvas = $("boxes");
   const ctx = canvas.getContext("2d");
@@ -267,7 +290,7 @@ function drawBoxes() {
   ctx.fillStyle = "#00ff66";
   for (const b of state.view.boxes) {
     if (state.z < b.z_min || state.z >= b.z_max) continue;
-    ctx.strokeStyle = ctx.fillStyle = b.kind === "nodule candidate" ? "#ff40ff" : "#00ff66";
+    ctx.strokeStyle = ctx.fillStyle = BOX_COLOURS[b.kind] || "#00ff66";
     ctx.strokeRect(b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min);
     if (canvas.width >= 64) ctx.fillText(b.label || "", b.x_min + 2, b.y_min - 3 > 10 ? b.y_min - 3 : b.y_min + Math.max(8, canvas.width / 40));
   }
