@@ -19,11 +19,12 @@ Method (:func:`calcification_clusters`):
    taken out: scanner edges and the skin fold give bright lines there).
 3. **Clusters**: every speck counts the specks within :data:`RADIUS_MM`; the speck with the most
    neighbours founds a cluster at its neighbours' mean position, its specks are used up, and so on.
-   A cluster of fewer than :data:`MIN_SPECKS` specks is dropped. Score = number of specks.
+   A cluster of fewer than :data:`MIN_SPECKS` specks is dropped (the chosen 1 lets a lone strong
+   speck be a candidate; more specks rank first). Score = number of specks.
 
 The parameters were chosen on the *training* women's images only, by the top-3 hit rate of the
-detector's candidates with the best cluster placed at rank :data:`RANK`
-(``benchmarks/mammo_calcifications.py``); validation and the other women were not read for it.
+detector's out-of-fold candidates with the best cluster placed at rank :data:`RANK`
+(``benchmarks/mammo_calcifications.py``); the validation women's hits were not looked at for it.
 """
 
 from __future__ import annotations

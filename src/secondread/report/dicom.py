@@ -217,12 +217,12 @@ def _cluster_group(finding: dict[str, Any], inputs: DicomInputs):
     if finding.get("diameter_mm") is not None:
         measurements.append(_measurement("diameter", finding["diameter_mm"], "mm"))
     region = {"x_min": box["x0"], "y_min": box["y0"], "x_max": box["x1"], "y_max": box["y1"]}
+    site = finding_site(finding["label"])
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{finding['label']} {finding['rank']}"),
         referenced_region=_image_region(region, inputs), finding_type=finding_code(finding["label"]),
         algorithm_id=hd.sr.AlgorithmIdentification(name=finding["model"], version=inputs.model_version),
-        finding_sites=[hd.sr.FindingSite(finding_site(finding["label"]))] if finding_site(finding["label"]) else None,
-        measurements=measurements)
+        finding_sites=[hd.sr.FindingSite(site)] if site else None, measurements=measurements)
 
 
 def _nodule_group(finding: dict[str, Any], inputs: DicomInputs, seg: Dataset):
