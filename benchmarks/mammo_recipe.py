@@ -15,6 +15,10 @@ Each argument is a JSON object of overrides of the ``optim`` row (or ``arch_args
 measuring a recipe already chosen, as in the README's "What did not reach 0.60"):
 
     PYTHONPATH=src python benchmarks/mammo_recipe.py --all-women '{}' '{"input_size": 512}'
+
+The candidates are the shipped rule's: since 2026-12-07 the best calcification cluster joins the
+map's peaks at rank 3 (``secondread.calcifications``). ``--peaks-only`` scores the map's peaks
+alone, as every figure measured before that date was.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ def main(argv: list[str]) -> int:
     women = "train"
     if "--all-women" in argv:  # measure over train + val women (nothing is chosen then)
         argv, women = [a for a in argv if a != "--all-women"], "all"
+    calcifications = None  # the row's rule
+    if "--peaks-only" in argv:
+        argv, calcifications = [a for a in argv if a != "--peaks-only"], {}
     recipes = [json.loads(a) for a in argv] or [{}]
     rows = []
     for overrides in recipes:
         arch = overrides.pop("arch", None)
-        result = cross_validate_detector(arch_args=arch, women=women, **overrides)
+        result = cross_validate_detector(arch_args=arch, women=women, calcifications=calcifications, **overrides)
         result.pop("per_image")
         result["overrides"] = dict(overrides, **({"arch": arch} if arch else {}))
         print(json.dumps(result), flush=True)
