@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
 
     train_rows = [r for r in rows if r["patient"] in train_women]
     grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
-    ranked = sorted(grid, key=lambda g: -np.mean(score(g, train_rows)["top3"]))  # stable: ties keep grid order
-    chosen = ranked[0]
+    top3 = [float(np.mean(score(g, train_rows)["top3"])) for g in grid]
+    ranked = sorted(range(len(grid)), key=lambda i: -top3[i])  # stable: ties keep grid order
+    chosen = grid[ranked[0]]
     print(f"grid of {len(grid)} settings, scored on {len(train_rows)} training-women images; best five:")
-    for g in ranked[:5]:
-        print(f"  top-3 {np.mean(score(g, train_rows)['top3']):.3f}  {json.dumps(g)}")
+    for i in ranked[:5]:
+        print(f"  top-3 {top3[i]:.3f}  {json.dumps(grid[i])}")
     print(f"chosen: {json.dumps(chosen)}\n")
     print("| women (out of fold) | images | candidates | top-1 | top-3 (95% CI, women) | top-5 | calcification images: top-3 |")
     print("|---|---|---|---|---|---|---|")

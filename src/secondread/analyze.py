@@ -325,11 +325,10 @@ def calcification_findings(image: Image, bundle) -> list[dict[str, Any]]:
     setting = bundle.config.get("calcifications")
     if not setting or image.pixels.ndim != 2:
         return []
-    from .calcifications import as_finding, calcification_clusters
+    from .calcifications import as_finding, rule_clusters
 
-    params = {k: v for k, v in setting.items() if k != "rank"}
     try:
-        return [as_finding(c, image) for c in calcification_clusters(image, top=1, **params)]
+        return [as_finding(c, image) for c in rule_clusters(image, setting)]
     except SecondreadError:  # too small or flat to hold a breast: the search has nothing to say
         return []
 

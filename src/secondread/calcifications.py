@@ -120,6 +120,12 @@ def calcification_clusters(image: Image, top: int = 3, sigma_mm: float = SIGMA_M
     return cluster_regions(points, zoom, top, radius_mm, min_specks)
 
 
+def rule_clusters(image: Image, rule: dict, top: int = 1) -> list[Region]:
+    """:func:`calcification_clusters` with a bundle's rule (its keyword arguments plus the ``rank``
+    at which :func:`merge` places the best cluster, which the search itself does not use)."""
+    return calcification_clusters(image, top=top, **{k: v for k, v in rule.items() if k != "rank"})
+
+
 def cluster_regions(points: np.ndarray, zoom: float, top: int = 3, radius_mm: float = RADIUS_MM,
                     min_specks: int = MIN_SPECKS, threshold: float | None = None) -> list[Region]:
     """:func:`cluster_specks` of :func:`specks`' output as regions of the original image; specks

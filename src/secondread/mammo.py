@@ -225,23 +225,15 @@ def map_candidates(heat: np.ndarray, top: int, min_distance: float = MIN_DISTANC
 
 def candidates(heat: np.ndarray, image, top: int, min_distance: float = MIN_DISTANCE,
                calcifications: dict | None = None) -> list[Region]:
-    """The detector's ranked candidates on one image: the peaks of its map (``heat``, the per-cell
-    grid, upsampled to the image) with the recipe's calcification cluster (:func:`merge_calcifications`)."""
-    regions = map_candidates(upsample(heat, image.shape), top, min_distance)
-    return merge_calcifications(regions, image, calcifications)[:top]
-
-
-def merge_calcifications(regions: list[Region], image, calcifications: dict | None) -> list[Region]:
-    """``regions`` with the image's best calcification cluster placed at the rank the recipe says
-    (``calcifications``: keyword arguments of :func:`secondread.calcifications.calcification_clusters`
-    plus ``rank``; none or empty: ``regions`` unchanged)."""
+    """The detector's ranked candidates on one image: the peaks of its map (``heat``, already at the
+    image's size: :func:`upsample`) with, when the recipe has ``calcifications`` (a rule of
+    :func:`secondread.calcifications.rule_clusters`), the best cluster placed at the rule's rank."""
+    regions = map_candidates(heat, top, min_distance)
     if not calcifications:
         return regions
-    from .calcifications import calcification_clusters, merge
+    from .calcifications import merge, rule_clusters
 
-    params = dict(calcifications)
-    rank = int(params.pop("rank"))
-    return merge(regions, calcification_clusters(image, top=1, **params), rank)
+    return merge(regions, rule_clusters(image, calcifications), int(calcifications["rank"]))[:top]
 
 
 def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distance: float = MIN_DISTANCE,
@@ -253,7 +245,7 @@ def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distanc
         circles = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
         if not circles:
             continue
-        regions = candidates(heat, s.image, top, min_distance, calcifications)
+        regions = candidates(upsample(heat, s.image.shape), s.image, top, min_distance, calcifications)
         h = hits(regions, circles)
         per.append({"id": Path(s.source).name, "patient": s.patient, **{f"top{k}": bool(any(h[:k])) for k in TOP_K},
                     "regions": regions})

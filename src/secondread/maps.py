@@ -317,14 +317,14 @@ def _map_name(bundle, layer: str | None, method: str | None) -> str:
 def _regions(heat: np.ndarray, top_k: int, method: str, calcifications: dict | None = None,
              image: Image | None = None) -> list[Region]:
     """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression, with the
-    bundle's calcification cluster at its rank (:func:`secondread.mammo.merge_calcifications`); a CAM
+    bundle's calcification cluster at its rank (:func:`secondread.mammo.candidates`); a CAM
     gives its regions (:func:`map_regions`)."""
     from .explain import OWN_MAP
 
     if method == OWN_MAP:
-        from .mammo import map_candidates, merge_calcifications
+        from .mammo import candidates
 
-        return merge_calcifications(map_candidates(heat, top_k), image, calcifications)[:top_k]
+        return candidates(heat, image, top_k, calcifications=calcifications)
     return map_regions(heat, top_k)
 
 
