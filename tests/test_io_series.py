@@ -105,6 +105,36 @@ def test_missing_slice_is_a_gap(lidc, tmp_path):
     _assert_error(folder, "gap in the series")
 
 
+def _truncated(lidc, folder, name, size):
+    folder = _link_all(lidc, folder, skip={name})
+    (folder / name).write_bytes((lidc / name).read_bytes()[:size])
+    return folder
+
+
+def test_truncated_slice_is_named(lidc, tmp_path):
+    # cut inside the header, before the pixel data: the slice is skipped, so the gap names it
+    start = _dcm(lidc / "000067.dcm", stop_before_pixels=True)
+    assert "PixelData" not in start and "Rows" in start
+    message = _assert_error(_truncated(lidc, tmp_path / "head", "000067.dcm", 2000), "gap in the series")
+    assert "1 unreadable DICOM file(s) were skipped, first 000067.dcm" in message
+    # cut inside the pixel data: the header reads, the pixels do not
+    size = (lidc / "000067.dcm").stat().st_size
+    message = _assert_error(_truncated(lidc, tmp_path / "pixels", "000067.dcm", size - 1000), "000067")
+    assert "Traceback" not in message
+
+
+def test_an_object_without_pixels_is_skipped_quietly(lidc, tmp_path, data_root):
+    folder = _link_all(lidc, tmp_path / "sr")
+    ds = _dcm(lidc / "000067.dcm", stop_before_pixels=True)
+    for keyword in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "note.dcm")  # like an SR or a DICOMDIR in the folder: no image header
+    image = read_series(folder)
+    assert image.shape[0] == 133 and image.metadata["skipped_files"] == 1
+    assert image.metadata["unreadable_files"] == 0
+
+
 def test_duplicated_slice_is_refused(lidc, tmp_path):
     folder = _link_all(lidc, tmp_path / "dup")
     os.symlink(lidc / "000050.dcm", folder / "copy-of-50.dcm")

@@ -46,6 +46,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,8 +428,10 @@ def score_pair(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] |
     dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
     hd95 = None
     if pred.any() and truth.any():
-        hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                                spacing=list(spacing) if spacing else None)[0, 0])
+        with warnings.catch_warnings():  # MONAI 1.5 warns about an argument it passes to itself
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+            hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                                    spacing=list(spacing) if spacing else None)[0, 0])
     return {"dice": dice, "hd95": hd95, "truth_pixels": int(truth.sum()), "pred_pixels": int(pred.sum())}
 
 

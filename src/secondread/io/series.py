@@ -102,7 +102,8 @@ def _require_folder(folder: str | os.PathLike) -> Path:
 
 def _read_header(path: Path) -> Dataset | str:
     """The data set with pixel data deferred, or why it was skipped: ``"other"`` (not DICOM, or no
-    pixel data) or ``"unreadable"`` (a DICOM file whose header is corrupt)."""
+    pixel data) or ``"unreadable"`` (a DICOM file whose header is corrupt, or an image header whose
+    pixel data is missing: the file was cut short)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -117,7 +118,10 @@ def _read_header(path: Path) -> Dataset | str:
     except Exception:  # truncated or corrupt header of a real DICOM file
         return "unreadable"
     if "PixelData" not in ds:
-        return "other"
+        # an image header (rows and columns) without its pixels is a slice cut short, not an SR or DICOMDIR
+        image_header = "Rows" in ds and "Columns" in ds and not any(
+            k in ds for k in ("FloatPixelData", "DoubleFloatPixelData"))
+        return "unreadable" if image_header else "other"
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # PS3.5 10.1 default
@@ -133,22 +137,26 @@ def _forced_full_read(path: Path) -> Dataset | None:
         return None
 
 
-def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], Counter]:
-    """Group the folder's image files by Series Instance UID; count what was skipped."""
+def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], Counter, list[Path]]:
+    """Group the folder's image files by Series Instance UID; count what was skipped and name the
+    unreadable files (a truncated slice is usually why a series then shows a gap)."""
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped: Counter = Counter()
+    unreadable: list[Path] = []
     for path in sorted(folder.iterdir()):
         if not path.is_file():
             continue
         ds = _read_header(path)
         if isinstance(ds, str):
             skipped[ds] += 1
+            if ds == "unreadable":
+                unreadable.append(path)
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         if uid and not pydicom.uid.UID(uid).is_valid:
             uid = "(invalid UID)"  # never echo a corrupt value: it may hold other attributes' text
         groups.setdefault(uid, []).append((path, ds))
-    return groups, skipped
+    return groups, skipped, unreadable
 
 
 def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
@@ -160,7 +168,7 @@ def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
         ``series_uid`` (``""`` when the files have none), ``modality``, ``series_number``,
         ``files``, ``rows``, ``columns``. No patient identifiers.
     """
-    groups, _ = _scan(_require_folder(folder))
+    groups, _, _ = _scan(_require_folder(folder))
     return [_series_summary(uid, items) for uid, items in _by_size(groups)]
 
 
@@ -423,7 +431,7 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, *,
         missing geometry, duplicate positions, gaps, or a slice that cannot be decoded.
     """
     p = _require_folder(folder)
-    groups, skipped = _scan(p)
+    groups, skipped, unreadable = _scan(p)
     counts = {"skipped_files": skipped["other"], "unreadable_files": skipped["unreadable"],
               "series_in_folder": len(groups)}
     if not groups:
@@ -435,7 +443,13 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, *,
     if any(_dicom._frames(ds) > 1 for _, ds in items):
         raise SecondreadError(p, "a series of several multi-frame files cannot be stacked into one volume")
     _refuse_unstackable(p, items, max_volume_bytes)
-    items, geometry, spacing = _order(p, items)
+    try:
+        items, geometry, spacing = _order(p, items)
+    except SecondreadError as exc:
+        if not unreadable:
+            raise
+        raise SecondreadError(p, f"{exc.problem}; {len(unreadable)} unreadable DICOM file(s) were skipped, "
+                                 f"first {unreadable[0].name} (truncated or corrupt)") from None
     if skipped["unreadable"]:
         geometry["warnings"].append(f"{skipped['unreadable']} unreadable DICOM file(s) skipped")
     volume = _read_pixels(items, max_bytes)
