@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from secondread.errors import SecondreadError
 from secondread.evaluate import (binary_metrics, evaluate_bundle, expected_calibration_error, fit_temperature,
-                                 medmnist_accuracy, medmnist_auc, operating_points)
+                                 medmnist_accuracy, medmnist_auc, operating_points, resampled_aucs)
 from secondread.models import build, load_bundle
 from secondread.models.bundle import batched_logits, prepare_images
 from secondread.models.nets import torch_threads
@@ -66,6 +66,18 @@ def test_binary_metrics_agree_with_sklearn_and_a_hand_confusion_matrix():
     lo, hi = m["auc_ci95"]
     assert lo < m["auc"] < hi and hi - lo < 0.2
     assert binary_metrics(y, p, 0.6)["auc_ci95"] == m["auc_ci95"]  # seeded bootstrap
+
+
+def test_bootstrap_aucs_equal_sklearn_per_resample_with_ties_and_one_class_draws():
+    rng = np.random.default_rng(3)
+    y = np.zeros(12, int)
+    y[[2, 7]] = 1  # two positives in 12: about one draw in ten holds none
+    score = np.round(rng.random(12), 1)  # ties
+    idx = rng.integers(0, 12, (300, 12))
+    two_classes = [i for i in idx if len(set(y[i])) == 2]
+    assert 0 < len(two_classes) < 300
+    np.testing.assert_allclose(resampled_aucs(y, score, idx), [roc_auc_score(y[i], score[i]) for i in two_classes],
+                               rtol=0, atol=1e-12)
 
 
 def test_medmnist_definitions():

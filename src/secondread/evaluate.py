@@ -60,17 +60,32 @@ def bootstrap_auc_ci(y_true, y_score, resamples: int = BOOTSTRAP_RESAMPLES, seed
     """Percentile bootstrap interval of the AUC (cases resampled with replacement, seeded).
 
     Resamples that happen to contain one class only are skipped, since AUC is undefined on them.
+    Each resample's AUC is the Mann-Whitney statistic from SciPy's tie-averaged ranks, which is
+    what ``roc_auc_score`` computes; ranking a block of resamples at once takes a second where
+    2000 calls of ``roc_auc_score`` (mostly input checks) took twelve.
     """
     y_true, y_score = _positive_scores(y_true, y_score)
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(resamples)):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        if len(np.unique(y_true[idx])) == 2:
-            values.append(roc_auc_score(y_true[idx], y_score[idx]))
+    draws = [rng.integers(0, len(y_true), len(y_true)) for _ in range(int(resamples))]
+    values = np.concatenate([resampled_aucs(y_true, y_score, np.stack(draws[i:i + 200]))
+                             for i in range(0, len(draws), 200)])
     alpha = (1 - level) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return [float(lo), float(hi)]
+
+
+def resampled_aucs(y_true: np.ndarray, y_score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AUC of each row of case indices ``idx`` (resamples x cases); rows with one class are dropped."""
+    from scipy.stats import rankdata
+
+    labels = y_true[idx].astype(bool)
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    keep = (positives > 0) & (negatives > 0)
+    ranks = rankdata(y_score[idx[keep]], axis=1)
+    n1 = positives[keep].astype(np.float64)
+    u = (ranks * labels[keep]).sum(axis=1) - n1 * (n1 + 1) / 2
+    return u / (n1 * negatives[keep])
 
 
 def bootstrap_accuracy_ci(y_true, y_score, threshold: float = 0.5, resamples: int = BOOTSTRAP_RESAMPLES,
