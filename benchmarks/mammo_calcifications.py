@@ -39,7 +39,7 @@ def detector_candidates(cache: Path | None, seed: int = 0) -> list[dict]:
     if cache is not None and cache.exists():
         rows = json.loads(cache.read_text())
         return [dict(r, regions=[Region(**g) for g in r["regions"]]) for r in rows]
-    result = cross_validate_detector(women="all", calcifications={}, seed=seed)
+    result = cross_validate_detector(women="all", rules={}, seed=seed)
     rows = [{k: p[k] for k in ("id", "patient", "fold", "regions")} for p in result["per_image"]]
     if cache is not None:
         cache.write_text(json.dumps([dict(r, regions=[asdict(g) for g in r["regions"]]) for r in rows]))

@@ -33,14 +33,14 @@ def main(argv: list[str]) -> int:
     women = "train"
     if "--all-women" in argv:  # measure over train + val women (nothing is chosen then)
         argv, women = [a for a in argv if a != "--all-women"], "all"
-    calcifications = None  # the row's rule
+    rules = None  # the row's rules
     if "--peaks-only" in argv:
-        argv, calcifications = [a for a in argv if a != "--peaks-only"], {}
+        argv, rules = [a for a in argv if a != "--peaks-only"], {}
     recipes = [json.loads(a) for a in argv] or [{}]
     rows = []
     for overrides in recipes:
         arch = overrides.pop("arch", None)
-        result = cross_validate_detector(arch_args=arch, women=women, calcifications=calcifications, **overrides)
+        result = cross_validate_detector(arch_args=arch, women=women, rules=rules, **overrides)
         result.pop("per_image")
         result["overrides"] = dict(overrides, **({"arch": arch} if arch else {}))
         print(json.dumps(result), flush=True)

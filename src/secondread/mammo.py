@@ -223,21 +223,50 @@ def map_candidates(heat: np.ndarray, top: int, min_distance: float = MIN_DISTANC
     return out
 
 
-def candidates(heat: np.ndarray, image, top: int, min_distance: float = MIN_DISTANCE,
-               calcifications: dict | None = None) -> list[Region]:
-    """The detector's ranked candidates on one image: the peaks of its map (``heat``, already at the
-    image's size: :func:`upsample`) with, when the recipe has ``calcifications`` (a rule of
-    :func:`secondread.calcifications.rule_clusters`), the best cluster placed at the rule's rank."""
-    regions = map_candidates(heat, top, min_distance)
-    if not calcifications:
-        return regions
-    from .calcifications import merge, rule_clusters
+RULES = ("recentre", "calcifications")
+"""The candidate rules a detector may carry after its map's peaks, applied in this order (keys of
+its DATASETS row and of its bundle.json): :mod:`secondread.recentre` moves the peaks onto the masses
+beside them, :mod:`secondread.calcifications` adds the best calcification cluster."""
 
-    return merge(regions, rule_clusters(image, calcifications), int(calcifications["rank"]))[:top]
+
+def candidate_rules(config: dict) -> dict:
+    """The :data:`RULES` a bundle's config (or a DATASETS row) carries."""
+    return {k: config[k] for k in RULES if config.get(k)}
+
+
+def candidates(heat: np.ndarray, image, top: int, min_distance: float = MIN_DISTANCE,
+               rules: dict | None = None) -> list[Region]:
+    """The detector's ranked candidates on one image: the peaks of its map (``heat``, already at the
+    image's size: :func:`upsample`), then the :data:`RULES` in ``rules`` (:func:`candidate_rules`):
+    the peaks moved to the mass centres beside them, and the best calcification cluster placed at its
+    rule's rank."""
+    rules = rules or {}
+    regions = map_candidates(heat, top + 2 if "recentre" in rules else top, min_distance)  # spares for merged moves
+    if "recentre" in rules:
+        from .recentre import recentre
+
+        regions = recentre(regions, image, rules["recentre"])
+    if "calcifications" in rules:
+        from .calcifications import merge, rule_clusters
+
+        regions = merge(regions, rule_clusters(image, rules["calcifications"]), int(rules["calcifications"]["rank"]))
+    return regions[:top]
+
+
+def describe_rules(rules: dict) -> str:
+    """The candidate rule in words, for ``bundle.json`` and the localise output."""
+    text = f"peaks of the map >= {MIN_DISTANCE} x the image side apart"
+    if "recentre" in rules:
+        r = rules["recentre"]
+        text += (f", each moved to the strongest {r['field']} point (sigma {', '.join(map(str, r['sigmas_mm']))} mm) "
+                 f"within {r['radius_mm']} mm in the breast")
+    if "calcifications" in rules:
+        text += f", the best calcification cluster at rank {rules['calcifications']['rank']}"
+    return text
 
 
 def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distance: float = MIN_DISTANCE,
-              calcifications: dict | None = None) -> dict:
+              rules: dict | None = None) -> dict:
     """Pointing game and top-k hit rates of maps (``[N, g, g]``) over ``samples`` with located lesions,
     candidates taken as :func:`candidates` takes them; each image's entry keeps its ``regions``."""
     per = []
@@ -245,7 +274,7 @@ def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distanc
         circles = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
         if not circles:
             continue
-        regions = candidates(upsample(heat, s.image.shape), s.image, top, min_distance, calcifications)
+        regions = candidates(upsample(heat, s.image.shape), s.image, top, min_distance, rules)
         h = hits(regions, circles)
         per.append({"id": Path(s.source).name, "patient": s.patient, **{f"top{k}": bool(any(h[:k])) for k in TOP_K},
                     "regions": regions})
@@ -311,7 +340,7 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
         train_seconds = time.perf_counter() - started
         x_val = prepare_images(spec, val_px)
         summary, reliability_png = _validation_summary(model, x_val, y_val, f"{info['name']}: validation (n={len(x_val)})")
-        localisation = val_localisation(model, x_val, val, info.get("calcifications"))
+        localisation = val_localisation(model, x_val, val, candidate_rules(info))
     training = {"n_train": int(len(x_tr)), "n_val": int(len(x_val)), "limit": limit, "epochs_max": int(opt["epochs"]),
                 "epochs_run": len(history), "best_epoch": len(history), "patience": None,
                 "batch_size": int(opt["batch_size"]), "lr": float(opt["lr"]), "optimizer": "AdamW",
@@ -326,21 +355,18 @@ def train_detector(dataset: str = "mini-mias", out: str | os.PathLike = "bundle"
     return config
 
 
-def val_localisation(model, x_val: np.ndarray, val, calcifications: dict | None) -> dict:
+def val_localisation(model, x_val: np.ndarray, val, rules: dict) -> dict:
     """``bundle.json``'s ``localisation``: top-k hit rates of the candidates on the validation images."""
-    found = hit_rates(probability_maps(model, x_val), val, calcifications=calcifications)
-    rule = f"peaks of the map >= {MIN_DISTANCE} x the image side apart"
-    if calcifications:
-        rule += f", the best calcification cluster at rank {calcifications['rank']}"
+    found = hit_rates(probability_maps(model, x_val), val, rules=rules)
     return {"split": "val", "images_with_located_lesion": found["images"],
             **{f"top{k}": found[f"top{k}"] for k in TOP_K},
             **{f"top{k}_ci95": _women_ci([p[f"top{k}"] for p in found["per_image"]],
                                          [p["patient"] for p in found["per_image"]]) for k in TOP_K},
-            "hit_rule": "a candidate centre within an expert circle's radius", "candidates": rule}
+            "hit_rule": "a candidate centre within an expert circle's radius", "candidates": describe_rules(rules)}
 
 
 def refresh_localisation(folder: str | os.PathLike, dataset: str = "mini-mias", data_dir=None) -> dict:
-    """Give a trained detector bundle its row's current candidate rule (``calcifications``) and
+    """Give a trained detector bundle its row's current candidate rules (:data:`RULES`) and
     re-score its validation ``localisation`` with it, keeping the weights.
 
     Why not retrain: the candidate rule runs after the network, and retraining on another host gives
@@ -352,10 +378,9 @@ def refresh_localisation(folder: str | os.PathLike, dataset: str = "mini-mias", 
     info, bundle = DATASETS[dataset], load_bundle(folder)
     val = folder_samples(dataset, data_dir, "val")
     x_val = prepare_images(bundle.preprocessing, [np.asarray(s.image.pixels) for s in val])
-    config = dict(bundle.config, calcifications=info.get("calcifications"), card=info["card"],
-                  localisation=val_localisation(bundle.model, x_val, val, info.get("calcifications")))
-    if not config["calcifications"]:
-        config.pop("calcifications")
+    rules = candidate_rules(info)
+    config = {k: v for k, v in bundle.config.items() if k not in RULES}
+    config.update(rules, card=info["card"], localisation=val_localisation(bundle.model, x_val, val, rules))
     write_bytes(Path(folder) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
     write_bytes(Path(folder) / CARD_FILE, model_card(config).encode("utf-8"))
     return config["localisation"]
@@ -370,7 +395,7 @@ def _women_ci(values, groups) -> list[float] | None:
 # ----------------------------------------------------------------------------- recipe choice
 def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int = 0, folds=None,
                             progress: bool = False, arch_args: dict | None = None, women: str = "train",
-                            calcifications: dict | None = None, **overrides) -> dict:
+                            rules: dict | None = None, **overrides) -> dict:
     """The recipe's localisation and AUC by cross-validation over the saved folds of the *training*
     women (by default; validation is then never read): each fold's women are held out in turn, a detector is trained
     on the rest, and its maps are scored on the held-out images. ``overrides`` change the row's
@@ -378,7 +403,7 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
 
     ``women="all"`` folds the training *and* validation women (the test women stay withheld): more
     held-out lesions (93 against 76) for measuring, once nothing is being chosen on validation.
-    ``calcifications`` replaces the row's calcification-cluster candidates (``{}``: none)."""
+    ``rules`` replaces the row's candidate rules (:func:`candidate_rules`; ``{}``: the map's peaks alone)."""
     from sklearn.metrics import roc_auc_score
 
     from .datasets.splits import load
@@ -407,7 +432,7 @@ def cross_validate_detector(dataset: str = "mini-mias", data_dir=None, seed: int
             aucs.append(float(roc_auc_score(labels[te], logits)))
             found = hit_rates(probability_maps(model, x_te, flip=bool(opt.get("test_time_flip"))), [samples[i] for i in te],
                               min_distance=float(opt.get("min_distance", MIN_DISTANCE)),
-                              calcifications=info.get("calcifications") if calcifications is None else calcifications)
+                              rules=candidate_rules(info) if rules is None else rules)
             per += [dict(p, fold=k) for p in found["per_image"]]
     out = {"recipe": {**opt, **args}, "women": women, "folds": len(aucs), "images_with_located_lesion": len(per),
            "auc_by_fold": [round(a, 4) for a in aucs], "auc_mean": round(float(np.mean(aucs)), 4),

@@ -275,7 +275,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
             break
         pixels = sample.image.pixels
         heat, prob = explain_sample(bundle, pixels, layer, method)
-        regions = _regions(heat, top_k, method or bundle.explain_method, bundle.config.get("calcifications"), sample.image)
+        regions = _regions(heat, top_k, method or bundle.explain_method, bundle.config, sample.image)
         body = breast_region(sample.image) if dataset == "mini-mias" else foreground_mask(pixels)
         baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2),
                      "body_centroid": centroid(body)}
@@ -308,23 +308,23 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
 def _map_name(bundle, layer: str | None, method: str | None) -> str:
     method = method or bundle.explain_method
     if method == "heatmap":
-        rule = bundle.config.get("calcifications")
-        return ("the detector's own lesion map, candidates = its peaks after non-maximum suppression"
-                + (f", the best calcification cluster at rank {rule['rank']}" if rule else ""))
+        from .mammo import candidate_rules, describe_rules
+
+        return f"the detector's own lesion map, candidates = {describe_rules(candidate_rules(bundle.config))}"
     return f"{method} of {layer or bundle.explain_layer}, regions at >= {LEVEL} x peak"
 
 
-def _regions(heat: np.ndarray, top_k: int, method: str, calcifications: dict | None = None,
+def _regions(heat: np.ndarray, top_k: int, method: str, config: dict | None = None,
              image: Image | None = None) -> list[Region]:
-    """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression, with the
-    bundle's calcification cluster at its rank (:func:`secondread.mammo.candidates`); a CAM
-    gives its regions (:func:`map_regions`)."""
+    """A detector's own map (``heatmap``) gives its peaks after non-maximum suppression with the
+    candidate rules of its bundle ``config`` (:func:`secondread.mammo.candidates`); a CAM gives its
+    regions (:func:`map_regions`)."""
     from .explain import OWN_MAP
 
     if method == OWN_MAP:
-        from .mammo import candidates
+        from .mammo import candidate_rules, candidates
 
-        return candidates(heat, image, top_k, calcifications=calcifications)
+        return candidates(heat, image, top_k, rules=candidate_rules(config or {}))
     return map_regions(heat, top_k)
 
 
