@@ -39,7 +39,9 @@ probability there, radius = the equivalent-circle radius of the region around th
 its height (what the map calls the lesion's extent), in pixels of the original image. The map at
 256 px cannot see microcalcifications, so the recipe's ``calcifications`` puts the best cluster of
 :mod:`secondread.calcifications` (full resolution) at rank 3 (:func:`candidates`); chosen on the
-training women's out-of-fold images (``benchmarks/mammo_calcifications.py``).
+training women's out-of-fold images (``benchmarks/mammo_calcifications.py``). A bundle may also
+carry a ``recentre`` rule (:mod:`secondread.recentre`: peaks moved onto the masses beside them);
+``mammo-abnormal`` does not, since it did not help the women it was not chosen on.
 """
 
 from __future__ import annotations
