@@ -57,11 +57,12 @@ RANK = 3
 """Rank at which :func:`merge` places the best cluster among the detector's candidates."""
 
 
-def working_scale(image: Image) -> float:
-    """Zoom factor from the image's pixels to the :data:`GRID_MM` grid."""
+def working_scale(image: Image, grid_mm: float = GRID_MM) -> float:
+    """Zoom factor from the image's pixels to a grid of ``grid_mm`` (:data:`UNKNOWN_SIDE_MM` across
+    when the image has no spacing)."""
     if image.spacing is not None:
-        return float(np.mean(image.spacing[:2])) / GRID_MM
-    return (UNKNOWN_SIDE_MM / GRID_MM) / max(image.pixels.shape[:2])
+        return float(np.mean(image.spacing[:2])) / grid_mm
+    return (UNKNOWN_SIDE_MM / grid_mm) / max(image.pixels.shape[:2])
 
 
 def speck_strength(grey255: np.ndarray, sigma_px: float) -> np.ndarray:

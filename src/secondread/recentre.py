@@ -36,25 +36,17 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from .calcifications import working_scale
 from .image import Image
 from .localise import Region, _grey, breast_region
 
 GRID_MM = 0.8
 """Working pixel size: the detector reads mini-MIAS' 1024 px at 256 px, 0.8 mm a pixel."""
-UNKNOWN_SIDE_MM = 204.8
-"""Longer side assumed for an image without a spacing: mini-MIAS' 1024 px at 200 µm."""
 MIN_GAP_MM = 3.2
 """Two moved candidates closer than this found the same mass."""
 FIELDS = ("blob", "brightness")
 MEASURED = {"field": "brightness", "sigmas_mm": [2.4], "radius_mm": 9.6}
 """The setting the benchmark chose on the training women (see the module docstring)."""
-
-
-def working_scale(image: Image) -> float:
-    """Zoom factor from the image's pixels to the :data:`GRID_MM` grid."""
-    if image.spacing is not None:
-        return float(np.mean(image.spacing[:2])) / GRID_MM
-    return (UNKNOWN_SIDE_MM / GRID_MM) / max(image.pixels.shape[:2])
 
 
 def field(grey: np.ndarray, kind: str, sigmas_px: list[float]) -> np.ndarray:
@@ -78,7 +70,7 @@ def recentre(regions: list[Region], image: Image, rule: dict) -> list[Region]:
 
 def strength_field(image: Image, rule: dict) -> tuple[np.ndarray, float]:
     """``(field on the working grid, -inf outside the breast; zoom factor)`` of one image."""
-    zoom = working_scale(image)
+    zoom = working_scale(image, GRID_MM)
     h, w = (max(1, int(round(n * zoom))) for n in image.pixels.shape[:2])
     grey = cv2.resize(_grey(image).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     allowed = cv2.resize(breast_region(image).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
