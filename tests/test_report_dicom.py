@@ -480,3 +480,40 @@ def test_mammogram_calcification_cluster_in_report_sr_and_html(data_root, tmp_pa
     assert "Calcification cluster candidates" in (out / "report.html").read_text()
     require_dciodvfy()
     assert dciodvfy_errors(out / "sr.dcm") == []
+
+
+def test_mammogram_lesion_candidates_in_report_sr_and_html(data_root, tmp_path):
+    """mdb069 (a circumscribed mass of a validation woman) as a DICOM with 0.2 mm pixels:
+    mammo-abnormal's report lists its lesion candidates (the map's peaks that make the measured top
+    3 beside the calcification cluster), best first; the first lies inside the expert's circle
+    (info.csv); sr.dcm holds each as a planar ROI with the project's code and its map value as a
+    ranking score, and passes dciodvfy; report.html has their table."""
+    import csv
+
+    from secondread.models import load_bundle
+
+    folder = data_root / "mammography" / "mini-mias"
+    with open(folder / "info.csv", newline="") as fh:
+        truth = next(r for r in csv.DictReader(fh) if r["refnum"] == "mdb069")
+    pixels = np.asarray(PILImage.open(folder / "mdb069.png")).astype(np.uint16)
+    out = tmp_path / "r"
+    report = analyze_image(as_dicom(pixels, 0.2, data_root, tmp_path / "mdb069.dcm"), out, load_bundle("mammo-abnormal"))
+    assert any(op["crossed"] for op in report["findings"][0]["operating_points"].values())
+    found = [f for f in report["findings"] if f.get("kind") == "lesion candidate"]
+    clusters = [f for f in report["findings"] if f.get("kind") == "calcification cluster candidate"]
+    assert len(found) == 3 - len(clusters) and [f["rank"] for f in found] == list(range(1, len(found) + 1))
+    assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    first = found[0]["centroid"]
+    assert np.hypot(first["x"] - float(truth["x_img"]), first["y"] - float(truth["y_img"])) <= float(truth["radius"])
+    sr = hd.sr.srread(out / "sr.dcm")
+    entry = CODES["findings"]["lesion candidate"]
+    groups = [g for g in sr.content.get_planar_roi_measurement_groups()
+              if code_of(g.finding_type) == (entry["scheme"], entry["value"])]
+    assert len(groups) == len(found)
+    for g, f in zip(groups, found):
+        m = measurements(g)
+        assert m[CODES["concepts"]["ranking_score"]["meaning"]] == (pytest.approx(f["score"]), "1")
+        assert "Diameter" not in m  # the map's extent is not the lesion's size
+    assert "Lesion candidates" in (out / "report.html").read_text()
+    require_dciodvfy()
+    assert dciodvfy_errors(out / "sr.dcm") == []

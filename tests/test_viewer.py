@@ -159,10 +159,11 @@ def test_lidc_series(page, server, data_root, tmp_path):
     assert "CT" in page.text_content("#model") and str(n) in page.text_content("#model")
 
 
-def test_mammogram_lists_and_boxes_its_calcification_cluster(page, server, data_root, tmp_path):
+def test_mammogram_lists_and_boxes_its_calcification_cluster_and_lesion_candidates(page, server, data_root, tmp_path):
     """mdb252 as an MG DICOM (0.2 mm pixels): the viewer runs mammo-abnormal, lists the
     calcification cluster candidate with its speck count and extent as the report gives them, and
-    draws its box in the candidates' amber."""
+    draws its box in the candidates' amber; the detector's lesion candidates beside it are listed
+    with their map values and boxed in cyan."""
     import httpx
     from dicom_files import as_dicom
     from PIL import Image as PILImage
@@ -177,15 +178,20 @@ def test_mammogram_lists_and_boxes_its_calcification_cluster(page, server, data_
     row = next(r for r in rows if "calcification cluster candidate #1" in r)
     assert f"{cluster['specks']} specks" in row and f"{cluster['diameter_mm']:g} mm across" in row
     assert "mammo-abnormal" in page.text_content("#model")
+    candidates = [f for f in expected["findings"] if f.get("kind") == "lesion candidate"]
+    assert candidates  # the detector's own peaks beside the cluster
+    for f in candidates:
+        assert any(f"lesion candidate #{f['rank']}" in r and f"map {f['score']:.2f}" in r for r in rows)
     page.wait_for_function("document.querySelector('#boxes').width > 0")
-    amber = page.evaluate("""() => {
+    count = """([r, g, b]) => {
         const c = document.querySelector('#boxes');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
-        for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 192 && d[i + 2] === 0) n++;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === r && d[i + 1] === g && d[i + 2] === b) n++;
         return n;
-    }""")
-    assert amber > 0
+    }"""
+    assert page.evaluate(count, [255, 192, 0]) > 0  # the cluster, amber
+    assert page.evaluate(count, [0, 229, 255]) > 0  # the lesion candidates, cyan
 
 
 def test_pick_a_study_from_the_pacs(browser, data_root, tmp_path):

@@ -333,6 +333,44 @@ def calcification_findings(image: Image, bundle) -> list[dict[str, Any]]:
         return []
 
 
+LESION_CANDIDATE = "lesion candidate"
+"""The report's kind of a lesion detector's candidate: a place for a reader to look, not a finding."""
+
+
+def lesion_candidate_findings(image: Image, bundle, heat: np.ndarray | None, clusters: int) -> list[dict[str, Any]]:
+    """The lesion detector's own candidates (``mammo-abnormal``: the peaks of its map) that make the
+    list whose top-3 hit rate is measured, as report findings; [] for a bundle without its own map.
+
+    That list is what ``secondread localise`` writes: the map's peaks with the bundle's candidate
+    rules, the best calcification cluster at its rank. The cluster is reported by
+    :func:`calcification_findings` (``clusters`` of them), so this gives the peaks beside it: ranks
+    1-2 when a cluster holds rank 3, else 1-3."""
+    from .explain import OWN_MAP
+
+    if bundle.explain_method != OWN_MAP or heat is None or image.pixels.ndim != 2:
+        return []
+    from .localise import circle_fields
+    from .mammo import candidate_rules, candidates
+
+    rules = candidate_rules(bundle.config)
+    at = int(rules.pop("calcifications", {}).get("rank", TOP_CANDIDATES + 1))
+    keep = TOP_CANDIDATES - (1 if clusters and at <= TOP_CANDIDATES else 0)
+    try:
+        regions = candidates(heat, image, keep, rules=rules)
+    except SecondreadError:  # a rule that reads the breast found none: the peaks alone
+        regions = candidates(heat, image, keep)
+    return [{"kind": LESION_CANDIDATE, "label": LESION_CANDIDATE, "model": bundle.name, **circle_fields(region, image),
+             "score_meaning": "the detector's lesion probability at the peak of its map (per map cell, not calibrated): "
+                              "it ranks the candidates",
+             "extent_meaning": "the map's region above half the peak's height, as a circle: where to look, not the "
+                               "lesion's size"}
+            for region in regions]
+
+
+TOP_CANDIDATES = 3
+"""How many candidates a report lists: the top 3, whose hit rate is measured (issue 5's target)."""
+
+
 def nodule_finding(candidate, image: Image) -> dict[str, Any]:
     """One nodule candidate as a report finding (sizes as Lung-RADS v2022 measures them)."""
     c = candidate.as_dict()
@@ -510,7 +548,9 @@ def compose(study: LoadedStudy | Image, bundle=None, record=None, llm=None, expl
     found, skipped = lung_nodules(image)
     crossed = any(op["crossed"] for op in finding.operating_points.values())
     lesions, lesion_mask, seg = segmented_lesions(image, bundle) if crossed else ([], None, None)
-    lesions += calcification_findings(image, bundle) if crossed else []
+    clusters = calcification_findings(image, bundle) if crossed else []
+    own_map = heat if (explain_with or bundle.explain_method) == bundle.explain_method else None
+    lesions += (lesion_candidate_findings(image, bundle, own_map, len(clusters)) if crossed else []) + clusters
     facts = record["facts"] if record else None
     suggestion = suggest(finding, facts, float(bundle.threshold), bundle.metrics, domain_caveats(image, bundle))
     suggestion["summary"] = summarise(record, [finding.to_dict()], llm).to_dict()

@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 from skimage import feature, transform
 
 from .image import Image
-from .localise import Region, _grey, breast_region
+from .localise import Region, _grey, breast_region, circle_fields
 
 GRID_MM = 0.2
 """Working pixel size: mini-MIAS' own (its images were digitised at 50 µm and reduced to 200 µm)."""
@@ -162,11 +162,5 @@ FINDING = "calcification cluster candidate"
 
 def as_finding(region: Region, image: Image) -> dict:
     """One cluster as a report finding: centre, extent (in mm when the spacing is known), box, specks."""
-    h, w = image.shape[:2]
-    box = {"x0": max(0, int(np.floor(region.x - region.radius))), "y0": max(0, int(np.floor(region.y - region.radius))),
-           "x1": min(w, int(np.ceil(region.x + region.radius)) + 1), "y1": min(h, int(np.ceil(region.y + region.radius)) + 1)}
-    mm = float(np.mean(image.spacing[:2])) if image.spacing is not None else None
-    return {"kind": FINDING, "label": FINDING, "model": "secondread.calcifications", "rank": region.rank,
-            "score": region.score, "specks": int(region.score), "centroid": {"x": round(region.x, 1), "y": round(region.y, 1)},
-            "radius_px": round(region.radius, 1), "diameter_mm": None if mm is None else round(2 * region.radius * mm, 1),
-            "bbox": box, "score_meaning": "number of bright specks in the cluster (a count, not a probability)"}
+    return {"kind": FINDING, "label": FINDING, "model": "secondread.calcifications", **circle_fields(region, image),
+            "specks": int(region.score), "score_meaning": "number of bright specks in the cluster (a count, not a probability)"}

@@ -192,6 +192,18 @@ def breast_region(image: Image) -> np.ndarray:
     return out
 
 
+def circle_fields(region: Region, image: Image) -> dict:
+    """A candidate circle as a report shows it: centre, radius, diameter in mm (when the spacing is
+    known) and the box it spans, clipped to the image."""
+    h, w = image.shape[:2]
+    box = {"x0": max(0, int(np.floor(region.x - region.radius))), "y0": max(0, int(np.floor(region.y - region.radius))),
+           "x1": min(w, int(np.ceil(region.x + region.radius)) + 1), "y1": min(h, int(np.ceil(region.y + region.radius)) + 1)}
+    mm = float(np.mean(image.spacing[:2])) if image.spacing is not None else None
+    return {"rank": region.rank, "score": region.score, "centroid": {"x": round(region.x, 1), "y": round(region.y, 1)},
+            "radius_px": round(region.radius, 1), "diameter_mm": None if mm is None else round(2 * region.radius * mm, 1),
+            "bbox": box}
+
+
 # ----------------------------------------------------------------------------- scoring
 def hits(regions: list[Region], circles: list[tuple[float, float, float]]) -> list[bool]:
     """For each region, is its centre within the radius of an expert circle ``(x, y, radius)``?"""

@@ -207,14 +207,16 @@ def _image_region(region: dict[str, Any], inputs: DicomInputs):
                              source_image=hd.sr.SourceImageForRegion(*inputs.sources.ref(k)))
 
 
-def _cluster_group(finding: dict[str, Any], inputs: DicomInputs):
-    """TID 1410 (planar ROI): a calcification-cluster candidate's box on the source image, with its
-    speck count as a ranking score (not a probability) and its diameter when the spacing is known."""
+def _candidate_group(finding: dict[str, Any], inputs: DicomInputs):
+    """TID 1410 (planar ROI): a candidate's box on the source image with its score as a ranking
+    score (not a probability): a calcification cluster (its speck count, and its diameter when the
+    spacing is known) or a detector's lesion candidate (its map value; no diameter, since the map's
+    extent is not the lesion's size)."""
     import highdicom as hd
 
     box = finding["bbox"]
     measurements = [_measurement("ranking_score", finding["score"], "1")]
-    if finding.get("diameter_mm") is not None:
+    if finding.get("diameter_mm") is not None and finding.get("kind") == "calcification cluster candidate":
         measurements.append(_measurement("diameter", finding["diameter_mm"], "mm"))
     region = {"x_min": box["x0"], "y_min": box["y0"], "x_max": box["x1"], "y_max": box["y1"]}
     site = finding_site(finding["label"])
@@ -279,8 +281,8 @@ def build_sr(report: dict[str, Any], inputs: DicomInputs, seg: Dataset | None):
         elif finding.get("kind") == "segmented lesion":
             if seg is not None and segment_number(inputs, finding["label"]) and len(inputs.shape) == 2:
                 groups.append(_lesion_group(finding, inputs, seg))
-        elif finding.get("kind") == "calcification cluster candidate":
-            groups.append(_cluster_group(finding, inputs))
+        elif finding.get("kind") in ("calcification cluster candidate", "lesion candidate"):
+            groups.append(_candidate_group(finding, inputs))
         else:
             groups.append(_model_group(finding, inputs))
     content = hd.sr.MeasurementReport(observation_context=observation_context(inputs),

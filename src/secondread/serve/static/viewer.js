@@ -102,6 +102,9 @@ function measurements(finding) {
     return finding.diameter_mm !== null && finding.diameter_mm !== undefined
       ? `${finding.diameter_mm} mm across` : `radius ${finding.radius_px} px`;
   }
+  if (finding.kind === "lesion candidate") {
+    return `centre ${Math.round(finding.centroid.x)}, ${Math.round(finding.centroid.y)} px`;
+  }
   if (finding.kind === "segmented lesion") {
     const area = finding.area_mm2 !== null && finding.area_mm2 !== undefined ? `${finding.area_mm2} mm²` : `${finding.area_px} px`;
     const d = finding.longest_diameter_mm !== null && finding.longest_diameter_mm !== undefined
@@ -142,6 +145,11 @@ function showReport(report) {
     } else if (f.kind === "calcification cluster candidate") {
       cell(row, `calcification cluster candidate #${f.rank}`);
       cell(row, `${f.specks} specks`).title = f.score_meaning || "a count, not a probability";
+      cell(row, "–");
+      row.className = "candidate";
+    } else if (f.kind === "lesion candidate") {
+      cell(row, `lesion candidate #${f.rank}`);
+      cell(row, `map ${Number(f.score).toFixed(2)}`).title = f.score_meaning || "a ranking score, not a probability";
       cell(row, "–");
       row.className = "candidate";
     } else if (f.kind === "segmented lesion") {
@@ -276,8 +284,10 @@ async function show(imgId, path) {
   await img.decode().catch(() => {});
 }
 
-// candidates drawn apart from the model's region (green): nodules magenta, calcification clusters amber
-const BOX_COLOURS = { "nodule candidate": "#ff40ff", "calcification cluster candidate": "#ffc000" };
+// candidates drawn apart from the model's region (green): nodules magenta, calcification clusters amber,
+// a detector's lesion candidates cyan
+const BOX_COLOURS = { "nodule candidate": "#ff40ff", "calcification cluster candidate": "#ffc000",
+                      "lesion candidate": "#00e5ff" };
 
 function drawBoxes() {
   const canvas = $("boxes");
