@@ -172,6 +172,14 @@ def test_shipped_detector_val_hits_recounted_from_the_localise_csv(folder, info,
         recount.append(any((float(r["x"]) - x) ** 2 + (float(r["y"]) - y) ** 2 <= rad ** 2
                            for r in mine for x, y, rad in circles))
     assert result["summary"]["top3"] == pytest.approx(round(float(np.mean(recount)), 3), abs=1e-3)
+    # a report's candidates are these rows: mdb069's lesion candidates and cluster are its top 3
+    from secondread.analyze import analyze_image
+
+    report = analyze_image(folder / "mdb069.png", tmp_path / "r", load_bundle("mammo-abnormal"))
+    listed = sorted(((f["rank"] if f["kind"] == "lesion candidate" else 3, f["centroid"]["x"], f["centroid"]["y"])
+                     for f in report["findings"] if f.get("kind") in ("lesion candidate", "calcification cluster candidate")))
+    assert listed == [(int(r["rank"]), float(r["x"]), float(r["y"])) for r in rows
+                      if r["id"] == "mdb069.png" and int(r["rank"]) <= 3]
     bundle = load_bundle("mammo-abnormal")
     assert result["summary"]["top3"] == pytest.approx(bundle.config["localisation"]["top3"], abs=1e-3)
 
