@@ -503,6 +503,8 @@ def test_mammogram_lesion_candidates_in_report_sr_and_html(data_root, tmp_path):
     clusters = [f for f in report["findings"] if f.get("kind") == "calcification cluster candidate"]
     assert len(found) == 3 - len(clusters) and [f["rank"] for f in found] == list(range(1, len(found) + 1))
     assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    assert all("diameter_mm" not in f and f["map_extent_mm"] == pytest.approx(2 * f["radius_px"] * 0.2, abs=0.1)
+               for f in found)
     first = found[0]["centroid"]
     assert np.hypot(first["x"] - float(truth["x_img"]), first["y"] - float(truth["y_img"])) <= float(truth["radius"])
     sr = hd.sr.srread(out / "sr.dcm")

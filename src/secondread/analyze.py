@@ -335,6 +335,8 @@ def calcification_findings(image: Image, bundle) -> list[dict[str, Any]]:
 
 LESION_CANDIDATE = "lesion candidate"
 """The report's kind of a lesion detector's candidate: a place for a reader to look, not a finding."""
+TOP_CANDIDATES = 3
+"""How many candidates a report lists: the top 3, whose hit rate is measured (issue 5's target)."""
 
 
 def lesion_candidate_findings(image: Image, bundle, heat: np.ndarray | None, clusters: int) -> list[dict[str, Any]]:
@@ -359,16 +361,16 @@ def lesion_candidate_findings(image: Image, bundle, heat: np.ndarray | None, clu
         regions = candidates(heat, image, keep, rules=rules)
     except SecondreadError:  # a rule that reads the breast found none: the peaks alone
         regions = candidates(heat, image, keep)
-    return [{"kind": LESION_CANDIDATE, "label": LESION_CANDIDATE, "model": bundle.name, **circle_fields(region, image),
-             "score_meaning": "the detector's lesion probability at the peak of its map (per map cell, not calibrated): "
-                              "it ranks the candidates",
-             "extent_meaning": "the map's region above half the peak's height, as a circle: where to look, not the "
-                               "lesion's size"}
-            for region in regions]
-
-
-TOP_CANDIDATES = 3
-"""How many candidates a report lists: the top 3, whose hit rate is measured (issue 5's target)."""
+    findings = []
+    for region in regions:
+        fields = circle_fields(region, image)
+        fields["map_extent_mm"] = fields.pop("diameter_mm")  # a diameter would read as the lesion's size
+        findings.append({"kind": LESION_CANDIDATE, "label": LESION_CANDIDATE, "model": bundle.name, **fields,
+                         "score_meaning": "the detector's lesion probability at the peak of its map (per map cell, "
+                                          "not calibrated): it ranks the candidates",
+                         "extent_meaning": "the map's region above half the peak's height, as a circle: where to "
+                                           "look, not the lesion's size"})
+    return findings
 
 
 def nodule_finding(candidate, image: Image) -> dict[str, Any]:

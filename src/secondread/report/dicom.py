@@ -216,7 +216,7 @@ def _candidate_group(finding: dict[str, Any], inputs: DicomInputs):
 
     box = finding["bbox"]
     measurements = [_measurement("ranking_score", finding["score"], "1")]
-    if finding.get("diameter_mm") is not None and finding.get("kind") == "calcification cluster candidate":
+    if finding.get("diameter_mm") is not None:
         measurements.append(_measurement("diameter", finding["diameter_mm"], "mm"))
     region = {"x_min": box["x0"], "y_min": box["y0"], "x_max": box["x1"], "y_max": box["y1"]}
     site = finding_site(finding["label"])
