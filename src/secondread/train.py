@@ -373,13 +373,15 @@ def bundle_config(info: dict, dataset: str, args: dict, input_shape, spec: list[
     operating points, metrics), ``extra`` entries (a detector's ``localisation``), the training
     record (``training``: the trainer's own settings, from ``n_train`` to ``seed``), anchors,
     provenance and card."""
+    from .mammo import RULES  # a detector's candidate rules travel with its bundle
+
     today = datetime.now(timezone.utc).date().isoformat()
     return {
         "name": info["name"], "version": today.replace("-", "."), "created": today,
         "architecture": info["architecture"], "arch_args": args, "input_shape": list(input_shape),
         "preprocessing": spec, "labels": info["labels"], "positive_label": info["positive_label"],
         "positive_class": int(info["positive_class"]), "finding": info["finding"],
-        "modalities": info["modalities"], **{k: info[k] for k in ("input_kind", "explain", "calcifications", "recentre") if k in info},
+        "modalities": info["modalities"], **{k: info[k] for k in ("input_kind", "explain", *RULES) if k in info},
         **summary, **extra,
         "training": {"dataset": dataset, "split_used": "train", **training, "threads": THREADS,
                      "time_seconds": round(seconds, 1), "torch_version": torch.__version__,

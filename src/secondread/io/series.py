@@ -137,26 +137,27 @@ def _forced_full_read(path: Path) -> Dataset | None:
         return None
 
 
-def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], Counter, list[Path]]:
-    """Group the folder's image files by Series Instance UID; count what was skipped and name the
-    unreadable files (a truncated slice is usually why a series then shows a gap)."""
+def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], int, list[Path]]:
+    """Group the folder's image files by Series Instance UID; count the other files skipped and name
+    the unreadable ones (a truncated slice is usually why a series then shows a gap)."""
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
-    skipped: Counter = Counter()
+    others = 0
     unreadable: list[Path] = []
     for path in sorted(folder.iterdir()):
         if not path.is_file():
             continue
         ds = _read_header(path)
         if isinstance(ds, str):
-            skipped[ds] += 1
             if ds == "unreadable":
                 unreadable.append(path)
+            else:
+                others += 1
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         if uid and not pydicom.uid.UID(uid).is_valid:
             uid = "(invalid UID)"  # never echo a corrupt value: it may hold other attributes' text
         groups.setdefault(uid, []).append((path, ds))
-    return groups, skipped, unreadable
+    return groups, others, unreadable
 
 
 def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
@@ -431,12 +432,12 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, *,
         missing geometry, duplicate positions, gaps, or a slice that cannot be decoded.
     """
     p = _require_folder(folder)
-    groups, skipped, unreadable = _scan(p)
-    counts = {"skipped_files": skipped["other"], "unreadable_files": skipped["unreadable"],
+    groups, others, unreadable = _scan(p)
+    counts = {"skipped_files": others, "unreadable_files": len(unreadable),
               "series_in_folder": len(groups)}
     if not groups:
-        raise SecondreadError(p, f"no DICOM image files in the folder ({skipped['other']} other and "
-                                 f"{skipped['unreadable']} unreadable files skipped)")
+        raise SecondreadError(p, f"no DICOM image files in the folder ({others} other and "
+                                 f"{len(unreadable)} unreadable files skipped)")
     items = _choose(p, groups, series_uid)
     if len(items) == 1 and _dicom._frames(items[0][1]) > 1:
         return _single_multiframe(items[0][0], counts, max_bytes)
@@ -450,8 +451,8 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, *,
             raise
         raise SecondreadError(p, f"{exc.problem}; {len(unreadable)} unreadable DICOM file(s) were skipped, "
                                  f"first {unreadable[0].name} (truncated or corrupt)") from None
-    if skipped["unreadable"]:
-        geometry["warnings"].append(f"{skipped['unreadable']} unreadable DICOM file(s) skipped")
+    if unreadable:
+        geometry["warnings"].append(f"{len(unreadable)} unreadable DICOM file(s) skipped")
     volume = _read_pixels(items, max_bytes)
     return _volume_image(p, items, volume, spacing, {**geometry, **counts})
 

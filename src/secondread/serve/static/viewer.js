@@ -117,6 +117,22 @@ function measurements(finding) {
   return parts.length ? parts.join(", ") : "–";
 }
 
+// a candidate's row: [what, its score in words, what the score is when the report does not say]
+function candidateCells(f) {
+  switch (f.kind) {
+    case "nodule candidate":
+      return [`nodule candidate #${f.rank}`, `score ${Number(f.score).toFixed(2)}`, "a ranking score, not a probability"];
+    case "calcification cluster candidate":
+      return [`calcification cluster candidate #${f.rank}`, `${f.specks} specks`, "a count, not a probability"];
+    case "lesion candidate":
+      return [`lesion candidate #${f.rank}`, `map ${Number(f.score).toFixed(2)}`, "a ranking score, not a probability"];
+    case "segmented lesion":
+      return [`outlined ${f.label}`, `mean probability ${Number(f.mean_probability).toFixed(2)}`, ""];
+    default:
+      return null;
+  }
+}
+
 function showReport(report) {
   const s = report.suggestion || {};
   $("statement").textContent = s.statement || "–";
@@ -135,28 +151,13 @@ function showReport(report) {
   body.replaceChildren();
   for (const f of report.findings || []) {
     const row = document.createElement("tr");
-    const nodule = f.kind === "nodule candidate";
-    if (nodule) {
-      cell(row, `nodule candidate #${f.rank}`);
-      cell(row, `score ${Number(f.score).toFixed(2)}`).title = f.score_meaning || "a ranking score, not a probability";
+    const candidate = candidateCells(f);
+    if (candidate) {
+      cell(row, candidate[0]);
+      cell(row, candidate[1]).title = f.score_meaning || candidate[2];
       cell(row, "–");
       row.className = "candidate";
-      row.addEventListener("click", () => setSlice(f.axial_slice));
-    } else if (f.kind === "calcification cluster candidate") {
-      cell(row, `calcification cluster candidate #${f.rank}`);
-      cell(row, `${f.specks} specks`).title = f.score_meaning || "a count, not a probability";
-      cell(row, "–");
-      row.className = "candidate";
-    } else if (f.kind === "lesion candidate") {
-      cell(row, `lesion candidate #${f.rank}`);
-      cell(row, `map ${Number(f.score).toFixed(2)}`).title = f.score_meaning || "a ranking score, not a probability";
-      cell(row, "–");
-      row.className = "candidate";
-    } else if (f.kind === "segmented lesion") {
-      cell(row, `outlined ${f.label}`);
-      cell(row, `mean probability ${Number(f.mean_probability).toFixed(2)}`).title = f.score_meaning || "";
-      cell(row, "–");
-      row.className = "candidate";
+      if (f.kind === "nodule candidate") row.addEventListener("click", () => setSlice(f.axial_slice));
     } else {
       cell(row, f.label + (f.positive ? " (suggested)" : ""));
       cell(row, prob(f.probability)).className = "probability";
