@@ -32,3 +32,23 @@ def minimias_folder(data_root) -> Path:
     if not path.is_dir():
         pytest.skip("mini-MIAS not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def renamed_copy(data_root, tmp_path_factory):
+    """``renamed_copy("mri/lgg")``: a user's copy of a data set folder under another name, made of
+    symbolic links to the real files (one per session and data set)."""
+    made: dict[str, Path] = {}
+
+    def copy(folder: str) -> Path:
+        if folder not in made:
+            source, target = data_root / folder, tmp_path_factory.mktemp("renamed") / "my copy 2026"
+            for path in source.rglob("*"):
+                if path.is_file():
+                    link = target / path.relative_to(source)
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(path.resolve())
+            made[folder] = target
+        return made[folder]
+
+    return copy

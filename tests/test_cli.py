@@ -254,7 +254,7 @@ def test_nodules_command_writes_the_contracted_csv(data_root, tmp_path):
     assert_one_line_error(run("nodules", data_root / "dicom" / "CT_small.dcm"), "CT_small.dcm")
 
 
-def test_localise_command_writes_the_contracted_csv(data_root, tmp_path):
+def test_localise_command_writes_the_contracted_csv(data_root, renamed_copy, tmp_path):
     import csv
     out = tmp_path / "loc.csv"
     proc = run("localise", "--model", "mammo-blobs", "--data", data_root / "mammography" / "mini-mias",
@@ -266,6 +266,11 @@ def test_localise_command_writes_the_contracted_csv(data_root, tmp_path):
     assert all((data_root / "mammography" / "mini-mias" / r["id"]).is_file() for r in rows)
     assert all(0 <= float(r["x"]) < 1024 and 0 <= float(r["y"]) < 1024 for r in rows)
     assert 0 <= summary["top3"] <= 1
+    copied = tmp_path / "copy.csv"  # the same split of a copy under another name: the same rows
+    proc = run("localise", "--model", "mammo-blobs", "--data", renamed_copy("mammography/mini-mias"),
+               "--split", "val", "--predictions", copied)
+    assert proc.returncode == 0, proc.stderr
+    assert copied.read_text() == out.read_text()
     assert_one_line_error(run("localise", "--model", "nope", "--data", data_root), "nope")
 
 

@@ -306,3 +306,17 @@ def test_lesion_kinds_are_checked():
         Lesion(kind="blob")
     circle = Lesion(kind="circle", center=(5.0, 3.0), radius=2.0)
     assert circle.full_mask((10, 10))[3, 5] and circle.full_mask((10, 10)).sum() == 13
+
+
+# ------------------------------------------------------------------- a copy under another name
+@pytest.mark.parametrize("loader, folder", [(minimias, "mammography/mini-mias"), (lgg, "mri/lgg")])
+def test_a_copy_under_another_name_keeps_its_splits(data_root, renamed_copy, tmp_path, loader, folder):
+    from secondread.datasets.lesions import locate_dataset
+
+    copy = renamed_copy(folder)
+    for split in ("train", "val", "fold2"):
+        assert [s.id for s in loader.samples(copy, split)] == [s.id for s in loader.samples(data_root, split)]
+    assert locate_dataset(loader, copy) == (copy, copy)
+    assert locate_dataset(loader, data_root) == (data_root.absolute(), data_root.absolute() / folder)
+    with pytest.raises(SecondreadError, match=f"not the {loader.NAME} data set folder .* nor a copy of it"):
+        locate_dataset(loader, tmp_path)

@@ -154,6 +154,17 @@ def test_cli_scores_the_whole_lgg_val_split(data_root, tmp_path):
     assert ids and ids <= {r["flair"] for r in expected}
 
 
+def test_a_copy_under_another_name_gives_the_same_regions(data_root, renamed_copy, tmp_path):
+    """``localise --model mammo-abnormal`` on a user's copy of mini-MIAS in a folder of another name:
+    the same val women, the same candidates, the same ids as on the data root."""
+    copy, ours = renamed_copy("mammography/mini-mias"), tmp_path / "copy.csv"
+    theirs = tmp_path / "root.csv"
+    a = localise_with_map("mammo-abnormal", copy, split="val", limit=3, predictions=ours)
+    b = localise_with_map("mammo-abnormal", data_root, split="val", limit=3, predictions=theirs)
+    assert [p["id"] for p in a["per_image"]] == [p["id"] for p in b["per_image"]]
+    assert ours.read_text() == theirs.read_text() and len(ours.read_text().splitlines()) > 3
+
+
 @pytest.mark.parametrize("model, data, split, words", [
     ("no-such-model", "mri/lgg", "val", "no such model bundle"),
     ("pneumonia", "mri/lgg", "val", "no expert outlines"),

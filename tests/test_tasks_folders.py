@@ -113,10 +113,20 @@ def test_evaluate_cli_on_the_folder_split_all(data_root, tmp_path):
     assert json.loads(proc.stdout)["n"] == len(ids) == len(list((data_root / "mri" / "lgg").glob("*/*_flair.png")))
 
 
+def test_evaluate_reads_a_copy_under_another_name(data_root, renamed_copy, tmp_path):
+    """A user's copy of mri/lgg in a folder of another name: the same saved val patients, the same
+    AUC, ids relative to the copy."""
+    copy = renamed_copy("mri/lgg")
+    result = evaluate_bundle("brain-mri-tumour", copy, split="val", predictions=tmp_path / "val.csv")
+    rows = _read(tmp_path / "val.csv")
+    assert rows and all((copy / r["id"]).is_symlink() for r in rows)
+    assert result["auc"] == pytest.approx(load_bundle("brain-mri-tumour").metrics["auc"], abs=1e-9)
+
+
 def test_folder_evaluation_errors_are_one_line(data_root, tmp_path):
     with pytest.raises(SecondreadError, match="withheld"):
         evaluate_bundle("brain-mri-tumour", data_root / "mri" / "lgg", split="test")
-    with pytest.raises(SecondreadError, match="not the 'lgg' data set folder"):
+    with pytest.raises(SecondreadError, match="not the lgg data set folder"):
         evaluate_bundle("brain-mri-tumour", tmp_path, split="val")
     with pytest.raises(SecondreadError, match="not trained on a folder data set"):
         evaluate_bundle("pneumonia", data_root / "mri" / "lgg", split="val")

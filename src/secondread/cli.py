@@ -170,12 +170,6 @@ LOCALISERS = {"mammo-blobs": "classical mass candidates on mini-MIAS (breast mas
                                       "clustered; the third candidate of mammo-abnormal)"}
 
 
-def _data_root_of(path: str) -> str:
-    """Accept the data root or a data set folder inside it (``.../mammography/mini-mias``)."""
-    folder = Path(path)
-    return str(folder.parents[1]) if (folder / "info.csv").is_file() else str(folder)
-
-
 def cmd_localise(args: argparse.Namespace) -> int:
     from .localise import localise_dataset
 
@@ -186,7 +180,7 @@ def cmd_localise(args: argparse.Namespace) -> int:
 
             def source(image):
                 return calcification_clusters(image, top=args.top_k)
-        result = localise_dataset(_data_root_of(args.data), split=args.split, predictions=args.predictions,
+        result = localise_dataset(args.data, split=args.split, predictions=args.predictions,
                                   top_k=args.top_k, source=source)
     else:  # a classifier bundle: the regions of its explanation map, scored against the experts
         from .maps import localise_with_map
@@ -372,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo = sub.add_parser("localise", help="ranked lesion candidates per image, scored against the experts")
     lo.add_argument("--model", required=True, help=f"localiser ({', '.join(LOCALISERS)}) or a classifier bundle "
                     "(regions of its explanation map: brain-mri-tumour's lesion map, mammo-abnormal's detector map)")
-    lo.add_argument("--data", required=True, metavar="PATH", help="data root or the mini-MIAS folder")
+    lo.add_argument("--data", required=True, metavar="PATH", help="data root or the mini-MIAS folder (any name: it holds info.csv)")
     lo.add_argument("--split", default="all", help="all, train, val or fold<k> (per-woman splits)")
     lo.add_argument("--predictions", metavar="OUT.csv", help="write id,rank,score,x,y,radius")
     lo.add_argument("--top-k", type=int, default=10, help="candidates kept per image")

@@ -249,26 +249,24 @@ def _split_metrics(bundle, y, probs) -> dict[str, Any]:
 
 def _folder_root(bundle, path: Path) -> tuple[str, Path]:
     """The training data set of a folder-trained ``bundle`` and the data root holding it, for
-    ``path`` = the data set's own folder (``.../mri/lgg``) or the data root (``.../data``)."""
+    ``path`` = the data root (``.../data``) or the data set's own folder (``.../mri/lgg``, or a copy
+    of it under another name)."""
     from importlib import import_module
 
+    from .datasets.lesions import locate_dataset
     from .train import DATASETS
 
     dataset = str(bundle.config.get("training", {}).get("dataset", ""))
     if DATASETS.get(dataset, {}).get("kind") != "folder":
         raise SecondreadError(path, f"model {bundle.name!r} was not trained on a folder data set; give an .npz file")
-    relative = Path(import_module(f".datasets.{DATASETS[dataset]['loader']}", __package__).FOLDER)
-    if (path / relative).is_dir():
-        return dataset, path
-    parts = len(relative.parts)
-    if path.resolve().parts[-parts:] == relative.parts:
-        return dataset, path.resolve().parents[parts - 1]
-    raise SecondreadError(path, f"not the {dataset!r} data set folder ({relative}) nor a data root holding it")
+    loader = import_module(f".datasets.{DATASETS[dataset]['loader']}", __package__)
+    return dataset, locate_dataset(loader, path)[0]
 
 
 def _evaluate_folder(bundle, path: Path, split: str):
     """``(ids, labels, probabilities, splits)`` of a folder data set: ``split`` is a saved per-patient
     split (``train``/``val``) or ``all``; ids are image paths relative to ``path``."""
+    from .datasets.lesions import relative_id
     from .train import folder_samples
 
     if split == "test":
@@ -277,8 +275,8 @@ def _evaluate_folder(bundle, path: Path, split: str):
     samples = folder_samples(dataset, root, None if split == "all" else split)
     if not samples:
         raise SecondreadError(path, f"no images in the {split!r} split")
-    base = path.resolve()
-    ids = [Path(s.source).resolve().relative_to(base).as_posix() for s in samples]
+    base = Path(os.path.abspath(path))
+    ids = [relative_id(s.source, base) for s in samples]
     y = np.array([int(s.label == bundle.positive_class) for s in samples], dtype=np.int64)
     probs = np.concatenate([bundle.predict_proba([s.image.pixels for s in samples[i:i + 256]])
                             for i in range(0, len(samples), 256)])

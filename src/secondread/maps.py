@@ -204,20 +204,6 @@ def _dataset_of(bundle) -> str:
     raise SecondreadError(None, f"cannot score the maps of model {bundle.name!r}: {why}")
 
 
-def _roots(loader, data: str | os.PathLike) -> tuple[Path, Path]:
-    """``(data root, data set folder)`` for ``data`` = either of them; a one-line error otherwise."""
-    path = Path(data)
-    relative = Path(loader.FOLDER)
-    if not path.is_dir():
-        raise SecondreadError(path, "data folder not found")
-    if (path / relative).is_dir():
-        return path, path / relative
-    parts = len(relative.parts)
-    if path.resolve().parts[-parts:] == relative.parts:
-        return path.resolve().parents[parts - 1], path
-    raise SecondreadError(path, f"not the {loader.NAME} data set folder ({relative}) nor a data root holding it")
-
-
 def _split_of(split: str) -> str | None:
     if split == "test":
         raise SecondreadError(None, "the test patients of folder data sets are withheld (use train, val or all)")
@@ -256,6 +242,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     """
     from importlib import import_module
 
+    from .datasets.lesions import locate_dataset, relative_id
     from .models.bundle import load_bundle
 
     if top_k < 1:
@@ -263,7 +250,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
     bundle = load_bundle(model)
     dataset = _dataset_of(bundle)
     loader = import_module(f".datasets.{SCORED[dataset]}", __package__)
-    root, folder = _roots(loader, data)
+    root, folder = locate_dataset(loader, data)
     items = [s for s in loader.samples(root, split=_split_of(split)) if s.label]
     start = time.perf_counter()
     rows, per_image = [], []
@@ -280,7 +267,7 @@ def localise_with_map(model: str, data: str | os.PathLike, split: str = "all",
         baselines = {"image_centre": ((pixels.shape[1] - 1) / 2, (pixels.shape[0] - 1) / 2),
                      "body_centroid": centroid(body)}
         peak = peak_point(heat)
-        image_id = Path(sample.source).resolve().relative_to(folder.resolve()).as_posix()
+        image_id = relative_id(sample.source, folder)
         rows += [(image_id, r) for r in regions]
         per_image.append({"id": image_id, "patient": sample.patient, "probability": round(prob, 4),
                           "positive": prob >= bundle.threshold, "peak": peak,

@@ -152,16 +152,49 @@ class Sample:
         return self._lesions
 
 
-def dataset_dir(relative: str, data_dir: str | os.PathLike | None = None, *, what: str) -> Path:
-    """``<data root>/<relative>``, or a one-line error saying the data set is not available here.
+def dataset_dir(relative: str, data_dir: str | os.PathLike | None = None, *, what: str,
+                marker: str | None = None) -> Path:
+    """``<data root>/<relative>``, or ``data_dir`` itself when it is the data set's own folder (it holds
+    the loader's ``marker`` file, whatever the folder is called); else a one-line error saying the
+    data set is not available here.
 
     Why: BUSI and the brain-tumour yes/no set are not in the shared data; asking for them must say
-    so plainly rather than fail later on a missing file.
+    so plainly rather than fail later on a missing file. And a user's copy of mini-MIAS in
+    ``/data/mias-2026`` is still mini-MIAS: its splits go by woman, not by folder name.
     """
     folder = data_root(data_dir, must_exist=False) / relative
+    if not folder.is_dir() and data_dir is not None and marker and (Path(data_dir) / marker).is_file():
+        return Path(data_dir)
     if not folder.is_dir():
         raise SecondreadError(folder, f"the {what} data set is not available here (folder not found)")
     return folder
+
+
+def locate_dataset(loader, path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(what to give loader.samples, the data set's own folder)`` for ``path`` = the data root, the
+    data set's folder under its usual name (``.../mri/lgg``) or a copy of it under any name (holding
+    the loader's ``MARKER`` file); a one-line error otherwise. Both are absolute but not resolved, so
+    the samples' paths lie under the folder even when the copy is made of symbolic links."""
+    path, relative = Path(path), Path(loader.FOLDER)
+    if not path.is_dir():
+        raise SecondreadError(path, "data folder not found")
+    path = Path(os.path.abspath(path))
+    if (path / relative).is_dir():
+        return path, path / relative
+    marker = getattr(loader, "MARKER", None)
+    if marker and (path / marker).is_file():
+        return path, path
+    parts = len(relative.parts)
+    if path.parts[-parts:] == relative.parts:
+        return path.parents[parts - 1], path
+    hint = f" nor a copy of it (no {marker})" if marker else ""
+    raise SecondreadError(path, f"not the {loader.NAME} data set folder ({relative}){hint} nor a data root holding it")
+
+
+def relative_id(source: str | os.PathLike, folder: Path) -> str:
+    """A sample's id in prediction files: its path relative to ``folder`` (absolute, as
+    :func:`locate_dataset` gives it), with forward slashes."""
+    return Path(os.path.abspath(source)).relative_to(folder).as_posix()
 
 
 def count_labels(samples: list[Sample]) -> dict[str, int]:

@@ -28,6 +28,8 @@ from .lesions import Lesion, Sample, count_labels, dataset_dir, filter_split
 
 NAME = "lgg"
 FOLDER = "mri/lgg"
+MARKER = "index.csv"
+"""The file that makes a folder this data set (its slice table), whatever the folder is called."""
 LABELS = {0: "no tumour", 1: "tumour"}
 
 
@@ -51,7 +53,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def clinical(data_dir: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
     """``data.csv`` (genomic clusters, grade, age...) keyed by case id, as strings (empty = unknown)."""
-    folder = dataset_dir(FOLDER, data_dir, what="LGG")
+    folder = dataset_dir(FOLDER, data_dir, what="LGG", marker=MARKER)
     return {row["Patient"]: row for row in _read_csv(folder / "data.csv")}
 
 
@@ -87,7 +89,7 @@ def _sample(folder: Path, row: dict[str, str], facts: dict[str, dict[str, str]])
 
 def samples(data_dir: str | os.PathLike | None = None, split: str | None = None) -> list[Sample]:
     """Every slice (or those of the patients in ``split``), ordered by patient folder then slice."""
-    folder = dataset_dir(FOLDER, data_dir, what="LGG")
+    folder = dataset_dir(FOLDER, data_dir, what="LGG", marker=MARKER)
     facts = clinical(data_dir)
     rows = _read_csv(folder / "index.csv")
     items = [_sample(folder, row, facts) for row in rows]

@@ -34,6 +34,8 @@ from .lesions import Lesion, Sample, count_labels, dataset_dir, filter_split
 
 NAME = "mini-mias"
 FOLDER = "mammography/mini-mias"
+MARKER = "info.csv"
+"""The file that makes a folder this data set (its lesion table), whatever the folder is called."""
 SIZE = 1024
 LABELS = {0: "normal", 1: "abnormal"}
 CLASSES = {"CALC": "calcification", "CIRC": "well-defined/circumscribed mass",
@@ -113,7 +115,7 @@ def _sample(folder: Path, refnum: str, rows: list[dict[str, str]]) -> Sample:
 def samples(data_dir: str | os.PathLike | None = None, split: str | None = None) -> list[Sample]:
     """Every mini-MIAS image in the data folder (or in ``split``: ``train``/``val``/``fold<k>``),
     in refnum order. Pixels are read only when ``sample.image`` is used."""
-    folder = dataset_dir(FOLDER, data_dir, what="mini-MIAS")
+    folder = dataset_dir(FOLDER, data_dir, what="mini-MIAS", marker=MARKER)
     grouped = _rows(folder)
     found = sorted(grouped)
     return filter_split([_sample(folder, ref, grouped[ref]) for ref in found], NAME, split)
