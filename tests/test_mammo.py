@@ -82,7 +82,7 @@ def test_candidates_of_two_blobs_are_ranked_with_their_half_height_radius():
 
 
 # ----------------------------------------------------------------------------- tiny training
-TINY = dict(limit=12, epochs=4, arch_args={"width": 4})
+TINY = dict(limit=12, epochs=4, arch_args={"width": 4, "members": 2})
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,33 @@ def test_tiny_detector_training_is_deterministic_and_a_complete_bundle(tiny, fol
     logit = bundle.logits(batch)
     with torch.inference_mode():
         assert float(bundle.model.probability_map(batch).max()) == pytest.approx(float(calibrated(logit, 1.0)[0]), abs=1e-6)
+
+
+def test_an_ensemble_member_is_the_single_detector_of_its_seed(tiny, data_root):
+    """Member j of an ensemble trained with seed s has the weights of the single detector trained
+    on the same images with seed s + 100 j (what lets benchmarks/mammo_ensemble.py score ensembles
+    from single runs), and the ensemble's map is the sigmoid of the members' mean logit map."""
+    from secondread import mammo
+    from secondread.train import folder_samples, seeded_training
+
+    root, (a, _) = tiny
+    assert a["architecture"] == "lesion_heatmap_ensemble" and a["training"]["member_seeds"] == [0, 100]
+    info = DATASETS["mini-mias"]
+    samples = folder_samples("mini-mias", data_root, "train")[:8]
+    pixels, labels = [np.asarray(s.image.pixels) for s in samples], np.array([s.label for s in samples])
+    opt, args = mammo._recipe(info, epochs=2, input_size=64), dict(info["arch_args"], width=4)
+    with seeded_training(0):
+        pair = mammo._fit_on(info, opt, dict(args, members=2), samples, pixels, labels, 0, False)[0]
+        alone = mammo._fit_on(info, opt, dict(args, members=1), samples, pixels, labels, mammo.member_seed(0, 1), False)[0]
+    mine, theirs = pair.members[1].state_dict(), alone.members[0].state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not torch.equal(pair.members[0].head.weight, pair.members[1].head.weight)
+    ensemble = load_bundle(root / "a").model
+    x = torch.randn(3, 1, 64, 64)
+    with torch.inference_mode():
+        mean = torch.stack([m.heatmap(x) for m in ensemble.members]).mean(dim=0)
+        assert torch.allclose(ensemble.probability_map(x), torch.sigmoid(mean), atol=1e-6)
+        assert torch.allclose(ensemble(x), mean.flatten(1).amax(dim=1), atol=1e-6)
 
 
 def test_detector_cv_over_all_women_never_scores_a_woman_it_trained_on(data_root, folder, monkeypatch):
@@ -144,7 +171,9 @@ def test_tiny_detector_onnx_matches_torch(tiny, folder):
 # ----------------------------------------------------------------------------- the shipped bundle
 def test_shipped_detector_records_its_recipe_and_val_localisation(info, folder):
     bundle = load_bundle("mammo-abnormal")
-    assert bundle.config["architecture"] == DATASETS["mini-mias"]["architecture"] == "lesion_heatmap"
+    assert bundle.config["architecture"] == DATASETS["mini-mias"]["architecture"] == "lesion_heatmap_ensemble"
+    assert len(bundle.model.members) == DATASETS["mini-mias"]["arch_args"]["members"] == 5
+    assert bundle.config["training"]["member_seeds"] == [0, 100, 200, 300, 400]
     assert bundle.explain_method == "heatmap"
     # a weak detector's temperature flattens its image probability, never its map (what a reader sees)
     pixels = minimias.samples(folder.parents[1], "val")[0].image.pixels
@@ -252,4 +281,5 @@ def test_refreshing_a_bundle_gives_it_the_rows_candidate_rule_and_rescores_val(f
     assert refresh_localisation(copy, data_dir=folder.parents[1]) == shipped
     again = json.loads((copy / "bundle.json").read_text())
     assert candidate_rules(again) == candidate_rules(DATASETS["mini-mias"]) and "calcifications" in again
-    assert torch.equal(load_bundle(copy).model.state_dict()["head.weight"], load_bundle("mammo-abnormal").model.state_dict()["head.weight"])
+    assert torch.equal(load_bundle(copy).model.state_dict()["members.4.head.weight"],
+                       load_bundle("mammo-abnormal").model.state_dict()["members.4.head.weight"])
