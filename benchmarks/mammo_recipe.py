@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     recipes = [json.loads(a) for a in argv] or [{}]
     rows = []
     for overrides in recipes:
-        arch = overrides.pop("arch", None)
+        arch = {"members": 1, **(overrides.pop("arch", None) or {})}  # one detector, as the README's figures
         result = cross_validate_detector(arch_args=arch, women=women, rules=rules, **overrides)
         result.pop("per_image")
         result["overrides"] = dict(overrides, **({"arch": arch} if arch else {}))
