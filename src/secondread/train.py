@@ -332,8 +332,8 @@ DATASETS["mini-mias"] = {
         "data": ("mini-MIAS (Suckling et al. 1994): digitised MLO mammograms, 1024 x 1024 px at 200 micron, "
                  "resized to 256 x 256; five lesion detectors (seeds 0-400) trained on the experts' circles "
                  "(centre and radius of each abnormality, a Gaussian blob per circle on a 32 x 32 map), their "
-                 "logit maps averaged; the image's probability is the map's maximum, label 1 when Info.txt lists any abnormality (benign or "
-                 "malignant). Split by woman (both breasts together; datasets/splits/mini-mias.json)."),
+                 "logit maps averaged; the image's probability is the map's maximum, label 1 when Info.txt "
+                 "lists any abnormality (benign or malignant). Split by woman (both breasts together; datasets/splits/mini-mias.json)."),
         "licence": "MIAS licence: research use only, no resale; cite the database",
         "citation": ("J. Suckling et al. The Mammographic Image Analysis Society Digital Mammogram Database. "
                      "Excerpta Medica, International Congress Series 1069 (1994) 375-378."),

@@ -341,7 +341,7 @@ class LesionHeatmapEnsemble(nn.Module):
     averaged: the map, the image's logit (its maximum) and the candidates are the ensemble's.
 
     Why: ~150 training mammograms leave one detector's map at the mercy of its seed (the same recipe
-    scored 0.44-0.58 top-3 across seeds); averaging members keeps what they agree on. The members'
+    scored 0.48-0.55 top-3 by CV across seeds and thread counts); averaging members keeps what they agree on. The members'
     head features are concatenated into one layer (``features_all``), so Grad-CAM there weighs every
     member's channels by their gradient on the averaged map, as for a single network.
 
