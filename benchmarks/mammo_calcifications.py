@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     train_women = patients_in("mini-mias", "train")
     for r in rows:
         s = samples[r["id"]]
-        r["circles"] = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
+        r["circles"] = s.circles
         r["calc"] = any(les.label == "CALC" for les in s.lesions)
         r["specks"] = {sigma: specks(s.image, sigma, min(GRID["threshold"])) for sigma in GRID["sigma_mm"]}
 

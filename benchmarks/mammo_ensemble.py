@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit, logit
 
 
 def _run(seed: int, cache: Path | None) -> dict:
@@ -46,14 +47,11 @@ def _run(seed: int, cache: Path | None) -> dict:
     return run
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 def ensemble_maps(runs: list[dict]) -> np.ndarray:
-    """The ensemble's per-cell probability: the sigmoid of the members' mean logit."""
-    return (1 / (1 + np.exp(-np.mean([_logit(r["maps"]) for r in runs], axis=0)))).astype(np.float32)
+    """The ensemble's per-cell probability: the sigmoid of the members' mean logit (probabilities
+    clipped to 1e-7 from 0 and 1, where float32 maps saturate)."""
+    logits = [logit(np.clip(r["maps"].astype(np.float64), 1e-7, 1 - 1e-7)) for r in runs]
+    return expit(np.mean(logits, axis=0)).astype(np.float32)
 
 
 def _row(label: str, scored: dict) -> str:

@@ -42,7 +42,7 @@ def _images(data_dir=None) -> dict[str, dict]:
     rule = DATASETS["mini-mias"]["calcifications"]
     out = {}
     for s in folder_samples("mini-mias", data_dir, "train") + folder_samples("mini-mias", data_dir, "val"):
-        circles = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
+        circles = s.circles
         if circles:
             out[Path(s.source).name] = {"image": s.image, "patient": s.patient, "circles": circles,
                                         "calc": any(les.label == "CALC" for les in s.lesions),

@@ -284,7 +284,7 @@ def localise_dataset(data_dir: str | os.PathLike | None = None, split: str = "al
     start = time.perf_counter()
     rows, per_image = [], []
     for sample in items:
-        circles = [(les.center[0], les.center[1], les.radius) for les in sample.lesions if les.kind == "circle"]
+        circles = sample.circles
         if abnormal_only and not sample.label:
             continue
         regions = list(find(sample.image))[:top_k]

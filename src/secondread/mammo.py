@@ -281,7 +281,7 @@ def hit_rates(heat_maps: np.ndarray, samples, top: int = max(TOP_K), min_distanc
     candidates taken as :func:`candidates` takes them; each image's entry keeps its ``regions``."""
     per = []
     for heat, s in zip(heat_maps, samples):
-        circles = [(les.center[0], les.center[1], les.radius) for les in s.lesions if les.kind == "circle"]
+        circles = s.circles
         if not circles:
             continue
         regions = candidates(upsample(heat, s.image.shape), s.image, top, min_distance, rules)

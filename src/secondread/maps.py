@@ -137,10 +137,6 @@ def explain_sample(bundle, pixels: np.ndarray, layer: str | None = None,
 
 
 # ----------------------------------------------------------------------------- hits
-def _circles(sample) -> list[tuple[float, float, float]]:
-    return [(les.center[0], les.center[1], les.radius) for les in sample.lesions if les.kind == "circle"]
-
-
 def _masks(sample) -> list[np.ndarray]:
     return [les.full_mask(sample.image.shape) if hasattr(les, "full_mask") else les.mask
             for les in sample.lesions if les.kind == "mask"]
@@ -159,7 +155,7 @@ def _inside(points: list[tuple[float, float]], truth: dict) -> list[bool]:
 
 def _truth(sample) -> dict:
     """The located expert lesions of a sample (circles or masks); empty lists when there is none."""
-    return {"circles": _circles(sample), "masks": _masks(sample)}
+    return {"circles": sample.circles, "masks": _masks(sample)}
 
 
 def image_result(heat: np.ndarray, regions: list[Region], truth: dict, baselines: dict) -> dict:

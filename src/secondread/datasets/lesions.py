@@ -151,6 +151,11 @@ class Sample:
             self._lesions = list(self.load_lesions()) if self.load_lesions is not None else []
         return self._lesions
 
+    @property
+    def circles(self) -> list[tuple[float, float, float]]:
+        """The ``circle`` lesions as ``(x, y, radius)`` in pixels: what a mini-MIAS hit is scored against."""
+        return [(les.center[0], les.center[1], les.radius) for les in self.lesions if les.kind == "circle"]
+
 
 def dataset_dir(relative: str, data_dir: str | os.PathLike | None = None, *, what: str,
                 marker: str | None = None) -> Path:
